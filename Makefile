@@ -1,0 +1,43 @@
+# PointINS — one-command set-up, training and tests.
+#   make train [ARGS='k=v ...']   create .venv if missing, then train the embedded demo
+#   make test                     create .venv if missing, then run the fast test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+# The CPU/CUDA wheels this machine serves from disk; other versions download gigabytes.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv train test test-slow lint preview bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) train.py experiment=shapes $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+preview: $(STAMP)
+	$(PY) -m datamodules.preview experiment=shapes $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench $(ARGS)
+
+clean:
+	rm -rf outputs multirun lightning_logs wandb .pytest_cache .ruff_cache

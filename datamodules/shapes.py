@@ -1,0 +1,25 @@
+"""The embedded dataset as a datamodule: generated on first use, then read as COCO."""
+
+from __future__ import annotations
+
+from datamodules.coco import CocoDataModule
+from datamodules.synthetic import generate_shapes
+
+
+class ShapesDataModule(CocoDataModule):
+    """A :class:`CocoDataModule` over the generated shapes dataset in ``root``.
+
+    ``prepare_data`` writes the dataset (deterministically, from ``generator_seed``) the
+    first time and reuses it afterwards.
+    """
+
+    def __init__(
+        self, *args, num_train: int = 1000, num_val: int = 200, generator_seed: int = 0, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_train = num_train
+        self.num_val = num_val
+        self.generator_seed = generator_seed
+
+    def prepare_data(self) -> None:
+        generate_shapes(self.root, self.num_train, self.num_val, self.generator_seed)

@@ -1,0 +1,3 @@
+from pointins.backbones.timm_backbone import TimmBackbone
+
+__all__ = ["TimmBackbone"]

@@ -1,0 +1,129 @@
+"""A timm ``features_only`` backbone giving C3–C5, with the detectors' freezing rules.
+
+Pretrained backbones follow detectron2/torchvision: BatchNorm frozen (affine +
+running statistics become constants) and the stem plus the first ``frozen_stages``
+residual stages frozen. From-scratch backbones need trainable normalisation; at the
+small per-device batches of detection, GroupNorm is the one that works
+(``norm=gn``), plain BatchNorm is available for large batches (``norm=bn``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import timm
+
+from timm.layers.norm_act import freeze_batch_norm_2d
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+Norm = Literal["auto", "frozen_bn", "bn", "gn"]
+# timm module names of the stem and of the residual stages, in order.
+_STEM = ("conv1", "bn1")
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _group_norm(num_channels: int, **_: object) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, num_channels), num_channels)
+
+
+class TimmBackbone(nn.Module):
+    """ResNet / ResNeXt from timm returning the feature maps at strides 8, 16, 32.
+
+    Args:
+        name: timm model name (``resnet50``, ``resnet101``, ``resnext101_32x8d``...).
+        out_indices: timm feature indices; (2, 3, 4) are C3, C4, C5 for ResNets.
+        pretrained: load timm's ImageNet weights (needs the network or a local cache).
+        checkpoint_path: load weights from this local file instead (timm/torchvision
+            ResNet state dict); implies ``pretrained``.
+        norm: ``auto`` (``frozen_bn`` when weights are loaded, ``gn`` from scratch),
+            ``frozen_bn``, ``bn`` or ``gn``.
+        frozen_stages: with loaded weights, freeze the stem and this many residual stages
+            (0 = stem only, -1 = nothing). Random weights are never frozen.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        out_indices: tuple[int, ...] = (2, 3, 4),
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        norm: Norm = "auto",
+        frozen_stages: int = 1,
+    ) -> None:
+        super().__init__()
+        if norm not in ("auto", "frozen_bn", "bn", "gn"):
+            raise ValueError(f"backbone.norm={norm!r}: choose one of auto, frozen_bn, bn, gn")
+        weights_loaded = pretrained or checkpoint_path is not None
+        if norm == "auto":
+            norm = "frozen_bn" if weights_loaded else "gn"
+        kwargs: dict = {"features_only": True, "out_indices": tuple(out_indices)}
+        if norm == "gn":
+            kwargs["norm_layer"] = _group_norm
+        self.body = _create(name, pretrained, checkpoint_path, kwargs)
+        if norm == "frozen_bn":
+            self.body = freeze_batch_norm_2d(self.body)
+        if weights_loaded:
+            self._freeze(frozen_stages)
+        elif frozen_stages >= 0:
+            log.info("backbone: random initialisation, so no stage is frozen "
+                     "(backbone.frozen_stages=%d applies to loaded weights)", frozen_stages)
+        self.norm = norm
+        self.out_channels: list[int] = list(self.body.feature_info.channels())
+        self.strides: list[int] = list(self.body.feature_info.reduction())
+
+    def _freeze(self, frozen_stages: int) -> None:
+        if frozen_stages < 0:
+            return
+        names = _STEM + _STAGES[:frozen_stages]
+        for module_name in names:
+            module = getattr(self.body, module_name, None)
+            if module is None:
+                raise ValueError(
+                    f"backbone.frozen_stages={frozen_stages}: the timm model has no module "
+                    f"{module_name!r}; set frozen_stages=-1 for non-ResNet backbones"
+                )
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) -> [C3 (B, c3, H/8, W/8), C4 (.., H/16, ..), C5 (.., H/32, ..)]."""
+        return self.body(images)
+
+
+def _create(name: str, pretrained: bool, checkpoint_path: str | None, kwargs: dict) -> nn.Module:
+    if name not in timm.list_models():
+        raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone.checkpoint_path={str(path)!r} does not exist; pass a local weights file"
+            )
+        log.info("Loading backbone weights for %s from %s", name, path)
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # network, hub or cache errors all mean "no weights here"
+        raise RuntimeError(
+            f"Could not obtain pretrained weights for backbone {name!r} ({type(err).__name__}: "
+            f"{err}). Without network access, download the weights elsewhere (e.g. "
+            f"`timm.create_model('{name}', pretrained=True)` then `torch.save(model.state_dict(), "
+            f"'{name}.pth')`) and pass backbone.checkpoint_path=/path/to/{name}.pth, or train "
+            f"from scratch with backbone.pretrained=false backbone.norm=gn."
+        ) from err
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameters (used in logs and tests)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["TimmBackbone", "count_trainable"]

@@ -1,0 +1,123 @@
+"""Dense heads shared over FPN levels: a classification and a regression tower.
+
+Both heads return a :class:`DenseOutputs`; ``poi_features`` is the last feature map
+of the regression tower, the "point of interest" features PointINS reads its
+templates and (optionally) Iz from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pointins.structures import DenseOutputs
+
+
+def tower(in_channels: int, conv_dim: int, num_convs: int, group_norm: bool) -> nn.Sequential:
+    """num_convs × (conv3×3 [+ GroupNorm(32)] + ReLU)."""
+    layers: list[nn.Module] = []
+    for i in range(num_convs):
+        layers.append(nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1))
+        if group_norm:
+            layers.append(nn.GroupNorm(min(32, conv_dim), conv_dim))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _init_convs(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _flatten(x: Tensor, k: int) -> Tensor:
+    """(B, A*k, H, W) -> (B, H*W*A, k), anchors fastest after locations."""
+    b, _, h, w = x.shape
+    x = x.view(b, -1, k, h, w)  # (B, A, k, H, W)
+    return x.permute(0, 3, 4, 1, 2).reshape(b, -1, k)  # (B, H*W*A, k)
+
+
+class Scale(nn.Module):
+    """A learnable scalar per FPN level (FCOS)."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class RetinaNetHead(nn.Module):
+    """RetinaNet head: towers without normalisation, A·C logits and A·4 deltas."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        num_anchors: int,
+        num_convs: int = 4,
+        conv_dim: int = 256,
+        prior_prob: float = 0.01,
+        group_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.cls_tower = tower(in_channels, conv_dim, num_convs, group_norm)
+        self.reg_tower = tower(in_channels, conv_dim, num_convs, group_norm)
+        self.cls_logits = nn.Conv2d(conv_dim, num_anchors * num_classes, 3, padding=1)
+        self.box_regression = nn.Conv2d(conv_dim, num_anchors * 4, 3, padding=1)
+        _init_convs(self)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.out_channels = conv_dim
+
+    def forward(self, features: list[Tensor]) -> DenseOutputs:
+        cls, reg, poi = [], [], []
+        for x in features:
+            r = self.reg_tower(x)  # (B, F, H, W)
+            cls.append(_flatten(self.cls_logits(self.cls_tower(x)), self.num_classes))
+            reg.append(_flatten(self.box_regression(r), 4))
+            poi.append(r)
+        return DenseOutputs(cls, reg, None, poi)
+
+
+class FCOSHead(nn.Module):
+    """FCOS head: GroupNorm towers, C logits, per-level scaled ReLU (l,t,r,b) distances
+    in units of the stride, and centerness on the regression tower."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        num_levels: int,
+        num_convs: int = 4,
+        conv_dim: int = 256,
+        prior_prob: float = 0.01,
+        group_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_anchors = 1
+        self.cls_tower = tower(in_channels, conv_dim, num_convs, group_norm)
+        self.reg_tower = tower(in_channels, conv_dim, num_convs, group_norm)
+        self.cls_logits = nn.Conv2d(conv_dim, num_classes, 3, padding=1)
+        self.box_regression = nn.Conv2d(conv_dim, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(conv_dim, 1, 3, padding=1)
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        _init_convs(self)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.out_channels = conv_dim
+
+    def forward(self, features: list[Tensor]) -> DenseOutputs:
+        cls, reg, ctr, poi = [], [], [], []
+        for x, scale in zip(features, self.scales, strict=True):
+            r = self.reg_tower(x)  # (B, F, H, W)
+            cls.append(_flatten(self.cls_logits(self.cls_tower(x)), self.num_classes))
+            reg.append(_flatten(torch.relu(scale(self.box_regression(r))), 4))
+            ctr.append(_flatten(self.centerness(r), 1).squeeze(-1))  # (B, H*W)
+            poi.append(r)
+        return DenseOutputs(cls, reg, ctr, poi)

@@ -1,0 +1,156 @@
+"""LightningModule: builds PointINS from its config groups, trains, evaluates, logs."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pointins.model import MaskSampling, PointINS
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig -> plain containers (checkpoints stay loadable weights-only)."""
+    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def build_model(
+    backbone: Mapping, neck: Mapping, detector: Mapping, mask: Mapping | None,
+    num_classes: int, det_weight: float = 1.0,
+) -> PointINS:
+    """Instantiate backbone → FPN → detector → mask module, wiring the widths and strides
+    each part derives from the previous one (nothing is typed twice in the configs)."""
+    backbone_m = instantiate(backbone)
+    neck_m = instantiate(neck, in_channels=backbone_m.out_channels, in_strides=backbone_m.strides)
+    detector_m = instantiate(
+        detector, in_channels=neck_m.out_channels, num_classes=num_classes,
+        strides=neck_m.strides,
+    )
+    if mask is None:
+        return PointINS(backbone_m, neck_m, detector_m, det_weight=det_weight)
+    mask = dict(mask)
+    sampling = MaskSampling(**mask.pop("sampling", {}))
+    mask_weight = mask.pop("loss_weight", 2.0)
+    edge_weight = mask.pop("edge_weight", 4.0)
+    mask_m = instantiate(
+        mask, in_channels=detector_m.head.out_channels, anchor_shape=detector_m.anchor_shape
+    )
+    return PointINS(
+        backbone_m, neck_m, detector_m, mask_m, sampling, det_weight, mask_weight, edge_weight
+    )
+
+
+class PointINSModule(pl.LightningModule):
+    """Training, validation (COCO/Cityscapes evaluator of the datamodule) and optimisation.
+
+    Args:
+        backbone, neck, detector, mask: the Hydra config groups of the same names
+            (``mask=None``: the plain detector).
+        optim: ``optimizer`` and ``scheduler`` partial configs, and ``max_epochs``.
+        class_names: from the dataset's annotation file, in training-label order.
+        det_weight: λ_det of §3.4 (λ_mask is ``mask.loss_weight``).
+        init_from: checkpoint to initialise from (e.g. COCO -> Cityscapes); tensors whose
+            shape differs (class logits) are skipped, and both lists are logged.
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping,
+        neck: Mapping,
+        detector: Mapping,
+        mask: Mapping | None,
+        optim: Mapping,
+        class_names: list[str],
+        det_weight: float = 1.0,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        hparams = {
+            "backbone": _plain(backbone), "neck": _plain(neck), "detector": _plain(detector),
+            "mask": _plain(mask), "optim": _plain(optim), "class_names": list(class_names),
+            "det_weight": det_weight, "init_from": init_from,
+        }
+        self.save_hyperparameters(hparams)
+        self.class_names = list(class_names)
+        self.model = build_model(
+            hparams["backbone"], hparams["neck"], hparams["detector"], hparams["mask"],
+            len(self.class_names), det_weight,
+        )
+        if init_from is not None:
+            self._init_from(init_from)
+        self.evaluator = None
+
+    # ----------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        losses = self.model.losses(batch.images, batch.targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise FloatingPointError(
+                f"Non-finite training loss at step {self.global_step} (epoch {self.current_epoch}):"
+                f" {terms}. Lower the learning rate (optim.optimizer.lr), lengthen the warm-up "
+                f"(optim.scheduler.warmup_steps) or enable gradient clipping "
+                f"(trainer.gradient_clip_val)."
+            )
+        bs = len(batch.image_ids)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs)
+        return loss
+
+    # --------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        output_dir = Path(self.trainer.default_root_dir)
+        self.evaluator = self.trainer.datamodule.build_evaluator(output_dir)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        predictions = self.model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
+        self.evaluator.update(batch.image_ids, predictions)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluator.compute()  # identical on every rank
+        self.evaluator = None
+        if not self.trainer.sanity_checking:
+            self.log_dict(metrics, sync_dist=False)
+
+    # ------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optim["optimizer"])(params)
+        total = self.trainer.estimated_stepping_batches  # also sets num_training_batches
+        steps_per_epoch = max(
+            1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+        )
+        log.info("%d optimiser steps in total, %d per epoch", total, steps_per_epoch)
+        scheduler = instantiate(self.hparams.optim["scheduler"])(
+            optimizer, steps_per_epoch=steps_per_epoch
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------------- utils
+    def _init_from(self, path: str) -> None:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise FileNotFoundError(f"model.init_from={str(file)!r} does not exist")
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        own = self.state_dict()
+        loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(state) - set(loaded))
+        self.load_state_dict(loaded, strict=False)
+        log.info("init_from %s: loaded %d tensors, skipped %d: %s", file, len(loaded),
+                 len(skipped), skipped)
+        missing = sorted(set(own) - set(loaded))
+        if missing:
+            log.info("init_from %s: %d tensors keep their initialisation: %s", file,
+                     len(missing), missing)

@@ -1,0 +1,149 @@
+"""PointINS as a plain ``nn.Module``: backbone → FPN → dense detector → mask module.
+
+Training and inference meet the mask module through the same seam,
+:class:`~pointins.structures.InstanceQueries`: sampled (point, anchor, target box)
+candidates in training, the detections kept after NMS at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pointins.detectors.assigners import pad_targets
+from pointins.detectors.dense_detector import DenseDetector, cat_levels
+from pointins.mask.instance_aware_mask import InstanceAwareMask
+from pointins.mask.losses import mask_loss
+from pointins.mask.paste import paste_masks
+from pointins.mask.sampling import mask_targets, sample_queries
+from pointins.structures import Detections, InstanceQueries
+
+
+@dataclass
+class MaskSampling:
+    """§3.3 / T8–T10: which (point, anchor, target box) candidates train the masks."""
+
+    anchor_iou: float = 0.5  # t_a
+    box_iou: float = 0.5  # t_b
+    target_box_probs: Sequence[float] = (0.05, 0.05, 0.9)  # (anchor, GT, regressed)
+    num_samples: int | None = 128  # per image; None = all
+
+
+class PointINS(nn.Module):
+    """The network. ``mask=None`` gives the plain detector."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        detector: DenseDetector,
+        mask: InstanceAwareMask | None = None,
+        sampling: MaskSampling | None = None,
+        det_weight: float = 1.0,
+        mask_weight: float = 2.0,
+        edge_weight: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.detector = detector
+        self.mask = mask
+        self.sampling = sampling or MaskSampling()
+        self.det_weight = det_weight
+        self.mask_weight = mask_weight
+        self.edge_weight = edge_weight
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) -> FPN levels [(B, F, H/s, W/s)] for s in the detector's strides."""
+        return self.neck(self.backbone(images))
+
+    # ------------------------------------------------------------------ training
+    def losses(
+        self, images: Tensor, targets: list[dict[str, Tensor]], generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Weighted loss terms; their sum is the training loss (SPEC §5)."""
+        outputs = self.detector(self.features(images))
+        feature_sizes = [tuple(p.shape[-2:]) for p in outputs.poi_features]
+        anchors = torch.cat(self.detector.anchors(feature_sizes, images.device))  # (N, 4)
+        level_ids = self.detector.level_ids(feature_sizes, images.device)  # (N,)
+        gt_boxes, gt_labels, gt_valid = pad_targets(targets)  # (B, G, 4), (B, G), (B, G)
+        matched_idxs = self.detector.assign(anchors, level_ids, gt_boxes, gt_valid)  # (B, N)
+        losses = self.detector.compute_losses(outputs, anchors, matched_idxs, gt_boxes, gt_labels)
+        losses = {k: self.det_weight * v for k, v in losses.items()}
+        if self.mask is None:
+            return losses
+
+        s = self.sampling
+        anchor_gt = self.detector.mask_anchor_condition(
+            anchors, matched_idxs, gt_boxes, gt_valid, s.anchor_iou
+        )  # (B, N)
+        with torch.no_grad():
+            pred_boxes = self.detector.decode(cat_levels(outputs.box_regression), anchors)
+        queries = sample_queries(
+            anchors, level_ids, feature_sizes, self.detector.strides, self.detector.num_anchors,
+            anchor_gt, pred_boxes, gt_boxes, gt_valid,
+            box_iou_thresh=s.box_iou, target_box_probs=s.target_box_probs,
+            num_samples=s.num_samples, generator=generator,
+        )
+        logits = self.mask(outputs.poi_features, queries)  # (N, 2K, 2K)
+        mask_gt = mask_targets([t["masks"] for t in targets], queries, self.mask.mask_size)
+        losses["loss_mask"] = self.mask_weight * mask_loss(logits, mask_gt, self.edge_weight)
+        return losses
+
+    # ----------------------------------------------------------------- inference
+    @torch.no_grad()
+    def detect(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """Detections (and, with a mask module, ``2K×2K`` mask probabilities) per image,
+        in input-image coordinates."""
+        outputs = self.detector(self.features(images))
+        feature_sizes = [tuple(p.shape[-2:]) for p in outputs.poi_features]
+        anchors = self.detector.anchors(feature_sizes, images.device)
+        detections = self.detector.inference(outputs, anchors, feature_sizes, image_sizes)
+        if self.mask is not None:
+            queries = queries_from_detections(detections, self.detector.strides)
+            probs = self.mask(outputs.poi_features, queries).sigmoid()  # (N, 2K, 2K)
+            for det, p in zip(detections, probs.split([len(d) for d in detections]), strict=True):
+                det.masks = p
+        return detections
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        orig_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Per image ``boxes`` (n, 4), ``scores``, ``labels`` and ``masks`` (n, H0, W0) bool,
+        all at the ORIGINAL image resolution."""
+        results = []
+        for det, (h, w), (h0, w0) in zip(
+            self.detect(images, image_sizes), image_sizes, orig_sizes, strict=True
+        ):
+            scale = det.boxes.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+            boxes = det.boxes * scale  # (n, 4) original pixels
+            out = {"boxes": boxes, "scores": det.scores, "labels": det.labels}
+            if det.masks is not None:
+                out["masks"] = paste_masks(det.masks, boxes, (h0, w0))
+            results.append(out)
+        return results
+
+
+def queries_from_detections(detections: Sequence[Detections], strides: Sequence[int]) -> InstanceQueries:
+    """One query per kept detection: its own level, location, anchor and regressed box."""
+    device = detections[0].boxes.device
+    batch_idx = torch.cat(
+        [torch.full((len(d),), i, dtype=torch.long, device=device) for i, d in enumerate(detections)]
+    )
+    level = torch.cat([d.level for d in detections])  # (N,)
+    stride = torch.as_tensor(strides, dtype=torch.float32, device=device)[level]  # (N,)
+    return InstanceQueries(
+        batch_idx=batch_idx,
+        level=level,
+        yx=torch.cat([d.yx for d in detections]),
+        stride=stride,
+        anchors=torch.cat([d.anchors for d in detections]),
+        target_boxes=torch.cat([d.boxes for d in detections]),
+    )

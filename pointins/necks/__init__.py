@@ -1,0 +1,3 @@
+from pointins.necks.fpn import FPN
+
+__all__ = ["FPN"]

@@ -1,0 +1,114 @@
+"""Typed containers passed between the stages of PointINS.
+
+Conventions used everywhere in the package:
+
+* boxes are ``(x1, y1, x2, y2)`` in pixels of the (resized, padded) network input
+  unless a docstring says "original image";
+* per-image lists live at the API edge (datamodule, evaluator, user-facing
+  predictions); batched tensors live inside the model;
+* FPN levels are indexed from 0 (P3) upwards, a level's locations are flattened
+  row-major (``index = y * W + x``) and, for anchor-based detectors, anchors are
+  the fastest axis: ``flat_index = (y * W + x) * A + a``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+
+class _TensorFields:
+    """``to``/``index`` helpers for dataclasses whose fields are tensors (or None)."""
+
+    def to(self, device: torch.device | str):
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), Tensor)
+            },
+        )
+
+    def __getitem__(self, item):
+        """Select rows of every per-instance tensor field (all share dim 0)."""
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name)[item]
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), Tensor)
+            },
+        )
+
+    def __len__(self) -> int:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                return value.shape[0]
+        return 0
+
+
+@dataclass
+class DenseOutputs:
+    """What a dense head predicts for a batch, one list entry per FPN level.
+
+    ``A`` is the number of anchors per location (RetinaNet 9, FCOS 1), ``C`` the
+    number of classes, ``HWA_l = H_l * W_l * A``.
+    """
+
+    cls_logits: list[Tensor]  # per level (B, HWA_l, C)
+    box_regression: list[Tensor]  # per level (B, HWA_l, 4)
+    centerness: list[Tensor] | None  # per level (B, HW_l) logits; FCOS only
+    poi_features: list[Tensor]  # per level (B, F, H_l, W_l): last map of the regression tower
+
+
+@dataclass
+class Assignment(_TensorFields):
+    """Ground truth assigned to every anchor of a batch (all levels concatenated).
+
+    ``matched_idxs`` follows torchvision's matcher contract: ``>= 0`` index of the
+    matched ground-truth box *within its image*, ``-1`` background, ``-2`` ignored.
+    """
+
+    matched_idxs: Tensor  # (B, sum_l HWA_l) long
+    gt_boxes: Tensor  # (B, sum_l HWA_l, 4) box of the matched GT (undefined where < 0)
+    gt_labels: Tensor  # (B, sum_l HWA_l) long label of the matched GT (undefined where < 0)
+
+
+@dataclass
+class InstanceQueries(_TensorFields):
+    """The seam between detector and mask module: one row per instance to segment.
+
+    Training builds them from sampled (point, anchor, target box) candidates,
+    inference from the detections kept after NMS. The mask module never needs
+    to know which detector made them.
+    """
+
+    batch_idx: Tensor  # (N,) long, image index in the batch
+    level: Tensor  # (N,) long, FPN level index (0 = P3)
+    yx: Tensor  # (N, 2) long, location (row, col) on that level's grid
+    stride: Tensor  # (N,) float, stride of that level in pixels
+    anchors: Tensor  # (N, 4) anchor box; FCOS: the stride x stride cell centred on the location
+    target_boxes: Tensor  # (N, 4) box the mask is predicted in (anchor, GT or regressed)
+    gt_idx: Tensor | None = None  # (N,) long, GT index within its image (training only)
+
+
+@dataclass
+class Detections(_TensorFields):
+    """Detections of one image after NMS, in network-input coordinates.
+
+    Besides the usual outputs each detection remembers where it came from
+    (level, location, anchor) so the mask module can compute its mask.
+    """
+
+    boxes: Tensor  # (n, 4)
+    scores: Tensor  # (n,)
+    labels: Tensor  # (n,) long, contiguous training labels 0..C-1
+    level: Tensor  # (n,) long
+    yx: Tensor  # (n, 2) long
+    anchor_idx: Tensor  # (n,) long, 0..A-1
+    anchors: Tensor  # (n, 4) anchor box (FCOS: the stride x stride cell of the location)
+    masks: Tensor | None = None  # (n, H, W) float probabilities or bool, once computed

@@ -1,0 +1,73 @@
+"""Backbone: C3–C5 strides/widths from timm, freezing rules, offline weights handling."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torchvision.ops.misc import FrozenBatchNorm2d as TvFrozenBN
+
+from pointins.backbones import TimmBackbone
+from pointins.backbones.timm_backbone import count_trainable
+
+
+def test_features_are_c3_c5():
+    b = TimmBackbone("resnet18")
+    feats = b(torch.randn(1, 3, 64, 96))
+    assert b.strides == [8, 16, 32]
+    assert [f.shape[1] for f in feats] == b.out_channels == [128, 256, 512]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(8, 12), (4, 6), (2, 3)]
+
+
+def test_from_scratch_uses_trainable_group_norm_and_freezes_nothing():
+    b = TimmBackbone("resnet18")
+    assert b.norm == "gn"
+    assert isinstance(b.body.bn1, torch.nn.GroupNorm)
+    assert all(p.requires_grad for p in b.parameters())
+
+
+def _frozen_bn_types():
+    from timm.layers.norm_act import FrozenBatchNorm2d as TimmFrozenBN
+
+    return (TimmFrozenBN, TvFrozenBN)
+
+
+def test_local_checkpoint_loads_with_frozen_bn_and_frozen_stem_stage1(tmp_path):
+    ref = timm.create_model("resnet18", pretrained=False)
+    with torch.no_grad():
+        ref.conv1.weight.fill_(0.5)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    b = TimmBackbone("resnet18", checkpoint_path=str(path), frozen_stages=1)
+    assert torch.equal(b.body.conv1.weight, ref.conv1.weight)
+    assert b.norm == "frozen_bn"
+    assert isinstance(b.body.bn1, _frozen_bn_types())
+    assert not any(p.requires_grad for p in b.body.conv1.parameters())
+    assert not any(p.requires_grad for p in b.body.layer1.parameters())
+    assert all(p.requires_grad for p in b.body.layer2.parameters())
+    assert count_trainable(b) < sum(p.numel() for p in b.parameters())
+
+
+def test_missing_checkpoint_file_names_the_option(tmp_path):
+    with pytest.raises(FileNotFoundError, match="backbone.checkpoint_path"):
+        TimmBackbone("resnet18", checkpoint_path=str(tmp_path / "nope.pth"))
+
+
+def test_offline_pretrained_says_how_to_pass_a_local_file(monkeypatch):
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=pretrained, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match="backbone.checkpoint_path"):
+        TimmBackbone("resnet18", pretrained=True)
+
+
+def test_unknown_backbone_and_norm_are_clear_errors():
+    with pytest.raises(ValueError, match="backbone.name"):
+        TimmBackbone("resnet_does_not_exist")
+    with pytest.raises(ValueError, match="backbone.norm"):
+        TimmBackbone("resnet18", norm="layernorm")

@@ -1,0 +1,53 @@
+"""Dense heads: anchor-fastest flattening, prior bias, FCOS non-negative distances, PoI."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pointins.detectors.heads import FCOSHead, RetinaNetHead
+
+
+def _features():
+    torch.manual_seed(0)
+    return [torch.randn(2, 32, 6, 5), torch.randn(2, 32, 3, 3)]
+
+
+def test_retinanet_flattening_order_is_location_major_anchor_fastest():
+    head = RetinaNetHead(32, num_classes=3, num_anchors=9, num_convs=2, conv_dim=32)
+    feats = _features()
+    out = head(feats)
+    raw = head.cls_logits(head.cls_tower(feats[0]))  # (B, A*C, H, W)
+    b, y, x, a, c = 1, 4, 2, 7, 2
+    w = feats[0].shape[-1]
+    assert torch.equal(out.cls_logits[0][b, (y * w + x) * 9 + a, c], raw[b, a * 3 + c, y, x])
+    raw_reg = head.box_regression(head.reg_tower(feats[0]))
+    assert torch.equal(out.box_regression[0][b, (y * w + x) * 9 + a], raw_reg[b, a * 4:(a + 1) * 4, y, x])
+    assert out.cls_logits[1].shape == (2, 3 * 3 * 9, 3)
+    assert out.centerness is None
+
+
+def test_prior_probability_bias():
+    head = RetinaNetHead(32, num_classes=4, num_anchors=9, num_convs=1, conv_dim=32)
+    p = torch.sigmoid(head.cls_logits.bias)
+    assert torch.allclose(p, torch.full_like(p, 0.01))
+    assert math.isclose(torch.sigmoid(FCOSHead(32, 4, 2, 1, 32).cls_logits.bias[0]).item(), 0.01,
+                        rel_tol=1e-5)
+
+
+def test_poi_features_are_the_regression_tower_output():
+    head = FCOSHead(32, num_classes=3, num_levels=2, num_convs=2, conv_dim=32)
+    feats = _features()
+    out = head(feats)
+    for f, poi in zip(feats, out.poi_features, strict=True):
+        assert torch.equal(poi, head.reg_tower(f))
+
+
+def test_fcos_outputs_shapes_gn_and_non_negative_distances():
+    head = FCOSHead(32, num_classes=3, num_levels=2, num_convs=2, conv_dim=32)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in head.reg_tower)
+    out = head(_features())
+    assert out.box_regression[0].shape == (2, 30, 4) and (out.box_regression[0] >= 0).all()
+    assert [c.shape for c in out.centerness] == [(2, 30), (2, 9)]
+    assert len(head.scales) == 2

@@ -1,0 +1,45 @@
+"""Train PointINS.
+
+    python train.py                                   # paper baseline: COCO, RetinaNet R50 1x
+    python train.py detector=fcos backbone=r101
+    python train.py experiment=shapes                 # CPU demo on the embedded data
+    python train.py -m ablation=iz_inputs             # one table of the paper
+    python train.py ckpt_path=outputs/.../last.ckpt   # resume an interrupted run
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from pointins.runner import build_datamodule, build_trainer
+
+log = logging.getLogger("train")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model = instantiate(
+        cfg.model, optim=cfg.optim, class_names=datamodule.class_names, _recursive_=False
+    )
+    trainer = build_trainer(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("Run directory: %s", cfg.paths.output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.monitor)  # the value a Hydra sweeper optimises
+
+
+if __name__ == "__main__":
+    main()
