@@ -1,0 +1,202 @@
+"""Target assignment: which ground-truth box (if any) every anchor learns from.
+
+All assigners follow torchvision's matcher contract and work on a whole batch at
+once, with the ground truth padded to ``(B, G_max)`` by :func:`pad_targets`:
+
+``matched_idxs`` ``(B, N)`` long: ``>= 0`` the matched GT's index *within its image*,
+``-1`` background, ``-2`` ignored (between thresholds; IoU assigner only).
+
+``N`` is the number of anchors of all levels concatenated (see ``anchors.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torchvision.ops import box_iou
+
+from pointins.structures import Assignment
+
+BACKGROUND = -1
+IGNORED = -2
+
+
+def pad_targets(targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Pad per-image ground truth to a batch.
+
+    Args:
+        targets: one dict per image with ``"boxes"`` ``(G_i, 4)`` xyxy and ``"labels"`` ``(G_i,)``.
+
+    Returns:
+        ``gt_boxes`` ``(B, G_max, 4)`` (zeros where padded), ``gt_labels`` ``(B, G_max)``
+        long (``-1`` where padded) and ``gt_valid`` ``(B, G_max)`` bool.
+    """
+    if len(targets) == 0:
+        raise ValueError("assigners.py: pad_targets got an empty list; pass one dict per image.")
+    boxes = [t["boxes"].reshape(-1, 4) for t in targets]
+    labels = [t["labels"].reshape(-1).long() for t in targets]
+    device, dtype = boxes[0].device, boxes[0].dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    gt_boxes = pad_sequence([b.to(dtype) for b in boxes], batch_first=True)  # (B, G_max, 4)
+    gt_labels = pad_sequence(labels, batch_first=True, padding_value=-1)  # (B, G_max)
+    g_max = gt_boxes.shape[1]
+    counts = torch.tensor([b.shape[0] for b in boxes], device=device)  # (B,)
+    gt_valid = torch.arange(g_max, device=device)[None, :] < counts[:, None]  # (B, G_max)
+    return gt_boxes, gt_labels, gt_valid
+
+
+def gather_assigned(matched_idxs: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Assignment:
+    """Fill the matched GT box and label of every anchor.
+
+    Args:
+        matched_idxs: ``(B, N)`` long, the assigner's output.
+        gt_boxes: ``(B, G, 4)``; gt_labels: ``(B, G)``.
+
+    Returns:
+        :class:`Assignment` whose ``gt_boxes`` ``(B, N, 4)`` and ``gt_labels`` ``(B, N)`` are
+        those of the matched GT; where ``matched_idxs < 0`` they are GT 0's (or zeros
+        when the batch has no GT at all) and must not be used.
+    """
+    batch, num = matched_idxs.shape
+    if gt_boxes.shape[1] == 0:
+        boxes = gt_boxes.new_zeros(batch, num, 4)
+        labels = torch.zeros(batch, num, dtype=torch.long, device=matched_idxs.device)
+        return Assignment(matched_idxs=matched_idxs, gt_boxes=boxes, gt_labels=labels)
+    idx = matched_idxs.clamp(min=0)  # (B, N)
+    boxes = torch.gather(gt_boxes, 1, idx[..., None].expand(batch, num, 4))  # (B, N, 4)
+    labels = torch.gather(gt_labels.long(), 1, idx)  # (B, N)
+    return Assignment(matched_idxs=matched_idxs, gt_boxes=boxes, gt_labels=labels)
+
+
+class IoUAssigner:
+    """RetinaNet labelling by IoU, torchvision's ``Matcher`` batched over images.
+
+    An anchor whose best IoU (over its image's GTs) is ``>= fg_iou`` matches that GT,
+    ``< bg_iou`` is background, otherwise ignored. With ``allow_low_quality_matches``,
+    for every GT the anchors whose IoU equals that GT's highest IoU (ties included)
+    are matched even if below ``fg_iou`` — to their own best GT, exactly as
+    torchvision's ``set_low_quality_matches_``. Unlike torchvision, a GT whose
+    highest IoU is 0 (it overlaps no anchor) creates no such match, and padded GTs
+    never match.
+    """
+
+    def __init__(
+        self, fg_iou: float = 0.5, bg_iou: float = 0.4, allow_low_quality_matches: bool = True
+    ) -> None:
+        if bg_iou > fg_iou:
+            raise ValueError(f"assigners.py: need bg_iou <= fg_iou, got {bg_iou} > {fg_iou}.")
+        self.fg_iou = float(fg_iou)
+        self.bg_iou = float(bg_iou)
+        self.allow_low_quality_matches = bool(allow_low_quality_matches)
+
+    def __call__(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Tensor:
+        """Match ``anchors`` ``(N, 4)`` to ``gt_boxes`` ``(B, G, 4)`` (mask ``gt_valid``).
+
+        Returns ``matched_idxs`` ``(B, N)`` long. Memory: one ``(B, G, N)`` IoU matrix.
+        """
+        batch, num_gt = gt_valid.shape
+        num_anchors = anchors.shape[0]
+        if num_gt == 0:
+            return anchors.new_full((batch, num_anchors), BACKGROUND, dtype=torch.long)
+        iou = box_iou(gt_boxes.reshape(-1, 4).to(anchors.dtype), anchors)  # (B * G, N)
+        iou = iou.reshape(batch, num_gt, num_anchors)  # (B, G, N)
+        iou = torch.where(gt_valid[..., None], iou, iou.new_tensor(-1.0))  # padded never win
+
+        best_iou, best_gt = iou.max(dim=1)  # (B, N) each
+        matched = torch.where(best_iou < self.fg_iou, IGNORED, best_gt)
+        matched = torch.where(best_iou < self.bg_iou, BACKGROUND, matched)
+        if self.allow_low_quality_matches:
+            highest_per_gt = iou.max(dim=2, keepdim=True).values  # (B, G, 1)
+            is_best = (iou == highest_per_gt) & (highest_per_gt > 0)  # (B, G, N)
+            matched = torch.where(is_best.any(dim=1), best_gt, matched)
+        return matched
+
+    def __repr__(self) -> str:
+        return (
+            f"IoUAssigner(fg_iou={self.fg_iou}, bg_iou={self.bg_iou}, "
+            f"allow_low_quality_matches={self.allow_low_quality_matches})"
+        )
+
+
+class FCOSAssigner:
+    """FCOS labelling of locations.
+
+    A location is positive for a GT iff
+
+    * it lies strictly inside the GT box,
+    * it lies strictly inside the centre region, the GT centre ± ``radius * stride``
+      clipped to the box (with the previous condition, ``|x - gx| < radius * stride``
+      and ``|y - gy| < radius * stride`` is the same test), and
+    * ``max(l, t, r, b)`` of the location w.r.t. the GT lies in its level's size
+      range ``[lo, hi]``.
+
+    A location positive for several GTs takes the one of smallest area. The stride of
+    a location is read from its cell-box width (see :class:`PointGenerator`).
+    """
+
+    def __init__(
+        self,
+        center_sampling_radius: float = 1.5,
+        size_ranges: Sequence[Sequence[float]] = (
+            (0, 64),
+            (64, 128),
+            (128, 256),
+            (256, 512),
+            (512, math.inf),
+        ),
+    ) -> None:
+        self.center_sampling_radius = float(center_sampling_radius)
+        # (L, 2) rows (lo, hi) of max(l, t, r, b), one per level
+        self.size_ranges = torch.tensor([[float(lo), float(hi)] for lo, hi in size_ranges])
+
+    def __call__(
+        self, anchors: Tensor, level_ids: Tensor, gt_boxes: Tensor, gt_valid: Tensor
+    ) -> Tensor:
+        """Match locations to GTs.
+
+        Args:
+            anchors: ``(N, 4)`` cell boxes of the locations (all levels concatenated).
+            level_ids: ``(N,)`` long level index of every location; indexes ``size_ranges``.
+            gt_boxes: ``(B, G, 4)``; gt_valid: ``(B, G)`` bool.
+
+        Returns:
+            ``matched_idxs`` ``(B, N)`` long, ``-1`` for background (never ``-2``).
+            Memory: a few ``(B, G, N)`` tensors.
+        """
+        batch, num_gt = gt_valid.shape
+        num_loc = anchors.shape[0]
+        if num_gt == 0:
+            return anchors.new_full((batch, num_loc), BACKGROUND, dtype=torch.long)
+        gt_boxes = gt_boxes.to(anchors.dtype)
+        centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (N, 2)
+        strides = anchors[:, 2] - anchors[:, 0]  # (N,)
+        px, py = centres[:, 0], centres[:, 1]  # (N,) each
+        x1, y1, x2, y2 = (c[..., None] for c in gt_boxes.unbind(dim=-1))  # (B, G, 1) each
+        ltrb = torch.stack([px - x1, py - y1, x2 - px, y2 - py], dim=-1)  # (B, G, N, 4)
+        inside_box = ltrb.min(dim=-1).values > 0  # (B, G, N)
+
+        radius = self.center_sampling_radius * strides  # (N,)
+        inside_centre = ((px - (x1 + x2) / 2).abs() < radius) & (
+            (py - (y1 + y2) / 2).abs() < radius
+        )  # (B, G, N)
+
+        ranges = self.size_ranges.to(anchors)[level_ids]  # (N, 2)
+        max_dist = ltrb.max(dim=-1).values  # (B, G, N)
+        in_range = (max_dist >= ranges[:, 0]) & (max_dist <= ranges[:, 1])  # (B, G, N)
+
+        positive = inside_box & inside_centre & in_range & gt_valid[..., None]  # (B, G, N)
+        area = (x2 - x1) * (y2 - y1)  # (B, G, 1)
+        cost = torch.where(positive, area, area.new_tensor(math.inf))  # (B, G, N)
+        min_area, best_gt = cost.min(dim=1)  # (B, N) each
+        return torch.where(torch.isfinite(min_area), best_gt, BACKGROUND)
+
+    def __repr__(self) -> str:
+        return (
+            f"FCOSAssigner(center_sampling_radius={self.center_sampling_radius}, "
+            f"size_ranges={self.size_ranges.tolist()})"
+        )

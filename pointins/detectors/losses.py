@@ -1,0 +1,137 @@
+"""Dense-detector losses (RetinaNet and FCOS), batched over images and anchors.
+
+Inputs are the head outputs with all levels concatenated along dim 1 and an
+:class:`~pointins.structures.Assignment` from ``assigners.py``. Every loss is a
+sum over anchors divided by the number of positives, averaged over ranks when
+``torch.distributed`` is initialised (torchvision/detectron2 convention). A batch
+with no positive gives finite losses that keep the graph (all terms are sums,
+which are 0 with a gradient over empty selections), so DDP never hangs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from pointins.detectors.box_coders import BoxCoder
+from pointins.structures import Assignment
+
+
+def num_positives_across_ranks(num_pos: Tensor) -> Tensor:
+    """Mean positive count over ranks (a float tensor), clamped at 1 so it can divide."""
+    num_pos = num_pos.detach().float().clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_pos, op=dist.ReduceOp.SUM)
+        num_pos = num_pos / dist.get_world_size()
+    return num_pos.clamp(min=1.0)
+
+
+def classification_loss(
+    cls_logits: Tensor, assignment: Assignment, alpha: float, gamma: float
+) -> Tensor:
+    """Sigmoid focal loss summed over non-ignored anchors, one-hot class targets.
+
+    ``cls_logits`` ``(B, N, C)``; positives (``matched_idxs >= 0``) have target 1 at
+    their GT label, background (``-1``) all zeros, ignored (``-2``) are left out.
+    """
+    num_classes = cls_logits.shape[-1]
+    positive = assignment.matched_idxs >= 0  # (B, N)
+    valid = assignment.matched_idxs != -2  # (B, N)
+    one_hot = F.one_hot(assignment.gt_labels.clamp(min=0), num_classes)  # (B, N, C)
+    targets = (one_hot * positive[..., None]).to(cls_logits.dtype)  # (B, N, C)
+    return sigmoid_focal_loss(
+        cls_logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum"
+    )
+
+
+def retinanet_losses(
+    cls_logits: Tensor,
+    box_regression: Tensor,
+    anchors: Tensor,
+    assignment: Assignment,
+    box_coder: BoxCoder,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    smooth_l1_beta: float = 0.1,
+) -> dict[str, Tensor]:
+    """RetinaNet: focal classification loss + smooth-L1 on encoded deltas of positives.
+
+    Args:
+        cls_logits: ``(B, N, C)``; box_regression: ``(B, N, 4)`` deltas; anchors: ``(N, 4)``.
+        assignment: per-anchor targets, ``matched_idxs`` ``(B, N)``.
+        box_coder: encodes GT boxes to deltas (``DeltaBoxCoder``).
+
+    Returns:
+        ``{"loss_cls", "loss_box_reg"}``, each summed and divided by the positives.
+    """
+    positive = assignment.matched_idxs >= 0  # (B, N)
+    normaliser = num_positives_across_ranks(positive.sum())
+    loss_cls = classification_loss(cls_logits, assignment, focal_alpha, focal_gamma)
+
+    pos_anchors = anchors[None].expand_as(box_regression)[positive]  # (P, 4)
+    with torch.no_grad():
+        target_deltas = box_coder.encode(pos_anchors, assignment.gt_boxes[positive])  # (P, 4)
+    loss_box = F.smooth_l1_loss(
+        box_regression[positive],
+        target_deltas.to(box_regression.dtype),
+        beta=smooth_l1_beta,
+        reduction="sum",
+    )
+    return {"loss_cls": loss_cls / normaliser, "loss_box_reg": loss_box / normaliser}
+
+
+def centerness_targets(ltrb: Tensor) -> Tensor:
+    """Centre-ness of ``(..., 4)`` ltrb: ``sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))``."""
+    left_right = ltrb[..., [0, 2]]  # (..., 2)
+    top_bottom = ltrb[..., [1, 3]]  # (..., 2)
+    ratio_lr = left_right.min(dim=-1).values / left_right.max(dim=-1).values
+    ratio_tb = top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values
+    return torch.sqrt(ratio_lr * ratio_tb)
+
+
+def fcos_losses(
+    cls_logits: Tensor,
+    box_regression: Tensor,
+    centerness: Tensor,
+    anchors: Tensor,
+    assignment: Assignment,
+    box_coder: BoxCoder,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> dict[str, Tensor]:
+    """FCOS: focal classification, GIoU on decoded boxes and centre-ness BCE of positives.
+
+    Args:
+        cls_logits: ``(B, N, C)``.
+        box_regression: ``(B, N, 4)`` stride-normalised, non-negative ``(l, t, r, b)``.
+        centerness: ``(B, N)`` logits.
+        anchors: ``(N, 4)`` cell boxes of the locations.
+        assignment: per-location targets, ``matched_idxs`` ``(B, N)``.
+        box_coder: ``LTRBBoxCoder``.
+
+    Returns:
+        ``{"loss_cls", "loss_box_reg", "loss_centerness"}``, each summed and divided by
+        the positives (torchvision's FCOS normalises all three the same way).
+    """
+    positive = assignment.matched_idxs >= 0  # (B, N)
+    normaliser = num_positives_across_ranks(positive.sum())
+    loss_cls = classification_loss(cls_logits, assignment, focal_alpha, focal_gamma)
+
+    pos_anchors = anchors[None].expand_as(box_regression)[positive]  # (P, 4)
+    pos_gt = assignment.gt_boxes[positive].to(box_regression.dtype)  # (P, 4)
+    pred_boxes = box_coder.decode(pos_anchors, box_regression[positive])  # (P, 4)
+    loss_box = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="sum")
+
+    with torch.no_grad():
+        ctr_targets = centerness_targets(box_coder.encode(pos_anchors, pos_gt))  # (P,)
+    loss_ctr = F.binary_cross_entropy_with_logits(
+        centerness[positive], ctr_targets.to(centerness.dtype), reduction="sum"
+    )
+    return {
+        "loss_cls": loss_cls / normaliser,
+        "loss_box_reg": loss_box / normaliser,
+        "loss_centerness": loss_ctr / normaliser,
+    }

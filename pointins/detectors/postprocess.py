@@ -1,0 +1,155 @@
+"""Inference post-processing shared by RetinaNet and FCOS.
+
+Per level: score every (anchor, class) pair, keep the ``topk_candidates`` best above
+``score_thresh`` (one batched ``topk`` over images), decode their boxes. Then for the
+whole batch at once: clip to each image, drop boxes that clipping left empty (wholly
+outside the image; torchvision keeps them), class-wise NMS with one ``batched_nms`` call
+(group id ``image * C + label``) and keep the ``detections_per_img`` best per image.
+Only the final step splits the batch into per-image :class:`Detections`, each of which
+remembers its level, location ``(row, col)``, anchor index and anchor box so the mask
+module can compute its mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, remove_small_boxes
+
+from pointins.detectors.box_coders import BoxCoder
+from pointins.structures import Detections
+
+
+def _level_scores(cls_logits: Tensor, centerness: Tensor | None, num_anchors: int) -> Tensor:
+    """``(B, HWA, C)`` detection scores of one level.
+
+    ``sigmoid(cls)``, or with centre-ness (FCOS) ``sqrt(sigmoid(cls) * sigmoid(ctr))``.
+    ``centerness`` may be per location ``(B, HW)`` or per anchor ``(B, HWA)``.
+    """
+    scores = cls_logits.sigmoid()  # (B, HWA, C)
+    if centerness is None:
+        return scores
+    batch, num = cls_logits.shape[:2]
+    ctr = centerness.reshape(batch, -1)  # (B, HW) or (B, HWA)
+    if ctr.shape[1] != num:
+        ctr = ctr.repeat_interleave(num_anchors, dim=1)  # (B, HWA)
+    return torch.sqrt(scores * ctr.sigmoid()[..., None])  # (B, HWA, C)
+
+
+def _clip_batched(boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tensor:
+    """Clip ``(B, K, 4)`` boxes to each image's ``(h, w)``.
+
+    The batched form of ``torchvision.ops.clip_boxes_to_image``, which takes one
+    size per call.
+    """
+    hw = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (B, 2)
+    upper = hw.flip(-1).repeat(1, 2)[:, None, :]  # (B, 1, 4) as (w, h, w, h)
+    return torch.minimum(boxes.clamp(min=0), upper)  # (B, K, 4)
+
+
+def postprocess_detections(
+    cls_logits: Sequence[Tensor],
+    box_regression: Sequence[Tensor],
+    centerness: Sequence[Tensor] | None,
+    anchors: Sequence[Tensor],
+    feature_sizes: Sequence[tuple[int, int]],
+    num_anchors: int,
+    box_coder: BoxCoder,
+    image_sizes: Sequence[tuple[int, int]],
+    score_thresh: float = 0.05,
+    topk_candidates: int = 1000,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    min_size: float = 0.0,
+) -> list[Detections]:
+    """Turn dense head outputs into per-image detections.
+
+    Args:
+        cls_logits: per level ``(B, H_l * W_l * A, C)`` logits.
+        box_regression: per level ``(B, H_l * W_l * A, 4)`` box-coder outputs.
+        centerness: per level ``(B, H_l * W_l)`` (or ``(B, H_l * W_l * A)``) logits, or
+            ``None`` (RetinaNet).
+        anchors: per level ``(H_l * W_l * A, 4)``, from the anchor generator.
+        feature_sizes: per level ``(H_l, W_l)``.
+        num_anchors: ``A``.
+        box_coder: decodes ``box_regression`` against ``anchors``.
+        image_sizes: per image ``(h, w)`` of the un-padded image boxes are clipped to.
+        score_thresh: keep candidates with score strictly above it.
+        topk_candidates: at most this many candidates per level and image before NMS.
+        nms_thresh: IoU threshold of the class-wise NMS.
+        detections_per_img: keep the best this many per image after NMS.
+        min_size: drop boxes with a side below it after clipping (0 keeps all).
+
+    Returns:
+        ``B`` :class:`Detections`, each sorted by decreasing score.
+    """
+    batch, _, num_classes = cls_logits[0].shape
+    device = cls_logits[0].device
+    fields: dict[str, list[Tensor]] = {
+        k: [] for k in ("scores", "labels", "boxes", "anchors", "level", "yx", "anchor_idx")
+    }
+    for level, (_, width) in enumerate(feature_sizes):
+        ctr = None if centerness is None else centerness[level]
+        scores = _level_scores(cls_logits[level], ctr, num_anchors)  # (B, HWA, C)
+        scores = scores.reshape(batch, -1)  # (B, HWA * C), class fastest
+        k = min(topk_candidates, scores.shape[1])
+        top_scores, top_idx = scores.topk(k, dim=1)  # (B, k) each
+        anchor_in_level = top_idx // num_classes  # (B, k) flat index (y * W + x) * A + a
+        location = anchor_in_level // num_anchors  # (B, k) y * W + x
+        reg = torch.gather(
+            box_regression[level], 1, anchor_in_level[..., None].expand(batch, k, 4)
+        )  # (B, k, 4)
+        level_anchors = anchors[level][anchor_in_level]  # (B, k, 4)
+
+        fields["scores"].append(top_scores)
+        fields["labels"].append(top_idx % num_classes)
+        fields["boxes"].append(box_coder.decode(level_anchors, reg))  # (B, k, 4)
+        fields["anchors"].append(level_anchors)
+        fields["level"].append(torch.full_like(top_idx, level))
+        fields["yx"].append(torch.stack([location // width, location % width], dim=-1))  # (B,k,2)
+        fields["anchor_idx"].append(anchor_in_level % num_anchors)
+
+    cat = {name: torch.cat(values, dim=1) for name, values in fields.items()}  # (B, K, ...)
+    cat["boxes"] = _clip_batched(cat["boxes"], image_sizes)
+    num_cand = cat["scores"].shape[1]
+    cat["image"] = torch.arange(batch, device=device)[:, None].expand(batch, num_cand)  # (B, K)
+
+    boxes = cat["boxes"]
+    non_empty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # (B, K)
+    keep = (cat["scores"] > score_thresh) & non_empty  # (B, K)
+    keep_idx = torch.nonzero(keep.flatten()).squeeze(1)  # (M,), the one unavoidable sync
+    flat = {
+        name: value.flatten(0, 1)[keep_idx]  # (B, K, ...) -> (B * K, ...) -> (M, ...)
+        for name, value in cat.items()
+    }
+    if min_size > 0:
+        small_ok = remove_small_boxes(flat["boxes"], min_size)
+        flat = {name: value[small_ok] for name, value in flat.items()}
+
+    groups = flat["image"] * num_classes + flat["labels"]  # (M,)
+    # kept: indices into the M candidates, by decreasing score
+    kept = batched_nms(flat["boxes"].float(), flat["scores"].float(), groups, nms_thresh)
+    image_of_kept = flat["image"][kept]
+    kept = kept[torch.argsort(image_of_kept, stable=True)]  # by image, score desc within
+    image_of_kept = flat["image"][kept]
+    counts = torch.bincount(image_of_kept, minlength=batch)  # (B,)
+    starts = torch.cumsum(counts, 0) - counts  # (B,)
+    rank = torch.arange(kept.shape[0], device=device) - starts[image_of_kept]  # rank in image
+    kept = kept[rank < detections_per_img]
+    counts = counts.clamp(max=detections_per_img)
+
+    out = {name: value[kept].split(counts.tolist()) for name, value in flat.items()}
+    return [
+        Detections(
+            boxes=out["boxes"][i],
+            scores=out["scores"][i],
+            labels=out["labels"][i],
+            level=out["level"][i],
+            yx=out["yx"][i],
+            anchor_idx=out["anchor_idx"][i],
+            anchors=out["anchors"][i],
+        )
+        for i in range(batch)
+    ]

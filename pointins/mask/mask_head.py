@@ -1,0 +1,45 @@
+"""Mask head H (§3.2.3, Eq. 7): Mask R-CNN's mask head on the K x K mask feature."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+
+class MaskHead(nn.Module):
+    """``num_convs`` x (conv3x3 + ReLU) -> ConvTranspose 2x2 s2 -> ReLU -> conv1x1 -> 1 logit.
+
+    Input ``(N, in_channels, K, K)``, output class-agnostic logits ``(N, 1, 2K, 2K)``.
+    Every conv is initialised as in torchvision's Mask R-CNN heads: kaiming normal
+    (``fan_out``, ReLU gain) weights and zero biases.
+
+    Args:
+        in_channels: channels of the mask feature (B for the dynamic conv fusions,
+            E / 2E for add / concat).
+        conv_dim: width of the head convs and the deconv (B, 256).
+        num_convs: number of conv3x3 + ReLU blocks (4).
+    """
+
+    def __init__(self, in_channels: int = 256, conv_dim: int = 256, num_convs: int = 4) -> None:
+        super().__init__()
+        if num_convs < 0:
+            raise ValueError(f"MaskHead: num_convs must be >= 0, got {num_convs}")
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        channels = in_channels
+        for i in range(num_convs):
+            layers[f"mask_fcn{i + 1}"] = nn.Conv2d(channels, conv_dim, 3, padding=1)
+            layers[f"relu{i + 1}"] = nn.ReLU(inplace=True)
+            channels = conv_dim
+        layers["deconv"] = nn.ConvTranspose2d(channels, conv_dim, 2, stride=2)
+        layers["deconv_relu"] = nn.ReLU(inplace=True)
+        layers["predictor"] = nn.Conv2d(conv_dim, 1, 1)
+        self.layers = nn.Sequential(layers)
+        for module in self.layers:
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, mask_features: Tensor) -> Tensor:
+        """``(N, C, K, K)`` mask features -> ``(N, 1, 2K, 2K)`` mask logits."""
+        return self.layers(mask_features)

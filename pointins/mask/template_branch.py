@@ -1,0 +1,169 @@
+"""Template branch F^n (§3.2.1): one instance-agnostic (E, K, K) template per query.
+
+The paper's "channel up-scaling" convolution is a ``k_t x k_t`` conv from the PoI
+feature (``F`` = 256 channels) to ``E * K * K`` channels. Running it densely on every
+FPN level would cost ``E * K^2 * F * k_t^2`` MACs per location (5.3 M at the
+defaults) for locations that are never segmented, so it is evaluated only at the
+queried points: the ``k_t x k_t x F`` patch around each point is gathered (zero
+outside the map, exactly like the dense conv's zero padding) and multiplied by the
+conv weight viewed as an ``(E*K*K, k_t*k_t*F)`` matrix, in one product for all
+queries of all levels (the conv is shared over levels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pointins.structures import InstanceQueries
+
+
+def gather_patches(
+    features: Sequence[Tensor], queries: InstanceQueries, kernel_size: int
+) -> Tensor:
+    """Gather the ``k x k`` feature patch centred on every query, in query order.
+
+    Args:
+        features: per FPN level ``(B, F, H_l, W_l)``; all levels share ``F``.
+        queries: ``N`` queries; uses ``batch_idx``, ``level`` and ``yx`` (row, col).
+        kernel_size: ``k`` (odd). ``k = 1`` gives the feature vector at the point.
+
+    Returns:
+        ``(N, k * k * F)`` with ``F`` fastest, then ``dx``, then ``dy``: row ``n``
+        is ``features[level_n][batch_n, :, y_n - k//2 : y_n + k//2 + 1,
+        x_n - k//2 : x_n + k//2 + 1]`` permuted to ``(k, k, F)``, where positions
+        outside the map read zero (the dense conv's zero padding).
+
+    Loops over levels only; within a level the gather is index arithmetic on the
+    flattened map (no padded copy of the map, no ``unfold``).
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    if len(features) == 0:
+        raise ValueError("gather_patches needs at least one feature level")
+    channels = features[0].shape[1]
+    kk = kernel_size * kernel_size
+    pad = kernel_size // 2
+    device = features[0].device
+    # offsets of the k x k window relative to its centre, dy slowest: (kk,)
+    window = torch.arange(kernel_size, device=device) - pad
+    win_dy = window.repeat_interleave(kernel_size)  # (kk,)
+    win_dx = window.repeat(kernel_size)  # (kk,)
+
+    gathered: list[Tensor] = []
+    rows: list[Tensor] = []
+    for level, feat in enumerate(features):
+        sel = torch.nonzero(queries.level == level).squeeze(1)  # (N_l,)
+        if sel.numel() == 0:
+            continue
+        _, feat_channels, height, width = feat.shape
+        if feat_channels != channels:
+            raise ValueError(
+                f"all PoI feature levels must have the same channels; level 0 has "
+                f"{channels}, level {level} has {feat_channels}"
+            )
+        img = queries.batch_idx[sel]  # (N_l,)
+        ys = queries.yx[sel, 0, None] + win_dy  # (N_l, kk)
+        xs = queries.yx[sel, 1, None] + win_dx  # (N_l, kk)
+        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)  # (N_l, kk)
+        flat_idx = ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)  # (N_l, kk)
+        flat = feat.flatten(2)  # (B, F, H*W), a view
+        # advanced indices around a slice go first: (N_l, kk, F)
+        patch = flat[img[:, None], :, flat_idx]
+        patch = patch * inside.unsqueeze(-1).to(patch.dtype)  # zero padding, (N_l, kk, F)
+        gathered.append(patch.reshape(-1, kk * channels))  # (N_l, kk*F)
+        rows.append(sel)
+
+    num = len(queries)
+    if not rows:
+        if num:
+            raise ValueError(
+                f"queries refer to levels outside the {len(features)} PoI feature levels"
+            )
+        return features[0].new_zeros(0, kk * channels)  # (0, kk*F)
+    order = torch.cat(rows)  # (N,) query index of each gathered row
+    if order.numel() != num:
+        raise ValueError(
+            f"{num - order.numel()} queries refer to levels outside the {len(features)} "
+            "PoI feature levels"
+        )
+    stacked = torch.cat(gathered)  # (N, kk*F), rows in level order
+    # put the rows back in query order
+    return stacked.new_empty(stacked.shape).index_copy(0, order, stacked)  # (N, kk*F)
+
+
+def vector_to_template(vectors: Tensor, E: int, K: int) -> Tensor:
+    """Reshape ``(N, E*K*K)`` vectors to ``(N, E, K, K)`` templates, E fastest.
+
+    "The first nine dimensions of features before the reshape operation respond to
+    the information of the upper-left-most location": element ``(i*K + j)*E + e`` of
+    a vector is channel ``e`` at row ``i``, column ``j``.
+    """
+    num = vectors.shape[0]
+    grid = vectors.reshape(num, K, K, E)  # (N, K, K, E), E fastest
+    return grid.permute(0, 3, 1, 2)  # (N, E, K, K)
+
+
+class TemplateBranch(nn.Module):
+    """F^n: ``k_t x k_t`` conv ``in_channels -> E*K*K`` evaluated at the queries only.
+
+    The parameters are those of ``nn.Conv2d(in_channels, E*K*K, kernel_size,
+    padding=kernel_size // 2)`` (``self.conv``; state-dict compatible with a dense
+    conv), initialised like the dense heads' convs: normal(std=0.01) weight, zero bias.
+    ``self.conv`` is never called on a whole map.
+
+    Args:
+        in_channels: ``F``, channels of the PoI features (256).
+        E: template channels (9).
+        K: template side (16).
+        kernel_size: ``k_t`` (3), odd.
+        init_std: std of the normal weight init.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        E: int = 9,
+        K: int = 16,
+        kernel_size: int = 3,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("E", E), ("K", K)):
+            if value < 1:
+                raise ValueError(f"TemplateBranch: {name} must be >= 1, got {value}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                f"TemplateBranch: kernel_size must be a positive odd integer, got {kernel_size}"
+            )
+        self.in_channels = in_channels
+        self.E = E
+        self.K = K
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv2d(in_channels, E * K * K, kernel_size, padding=kernel_size // 2)
+        nn.init.normal_(self.conv.weight, std=init_std)
+        nn.init.zeros_(self.conv.bias)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the template, ``E``."""
+        return self.E
+
+    def forward(self, poi_features: Sequence[Tensor], queries: InstanceQueries) -> Tensor:
+        """Templates ``(N, E, K, K)`` for the queries, in query order.
+
+        Args:
+            poi_features: per FPN level ``(B, F, H_l, W_l)``.
+            queries: the ``N`` points; their ``level``, ``batch_idx`` and ``yx`` are read.
+        """
+        k = self.kernel_size
+        patches = gather_patches(poi_features, queries, k)  # (N, k*k*F), F fastest
+        # conv weight (E*K*K, F, k, k) -> (E*K*K, k, k, F) -> (E*K*K, k*k*F) to match patches
+        weight = self.conv.weight.permute(0, 2, 3, 1).reshape(self.E * self.K * self.K, -1)
+        vectors = torch.nn.functional.linear(patches, weight, self.conv.bias)  # (N, E*K*K)
+        return vector_to_template(vectors, self.E, self.K)  # (N, E, K, K)
+
+    def extra_repr(self) -> str:
+        return f"E={self.E}, K={self.K}, kernel_size={self.kernel_size}"

@@ -1,0 +1,42 @@
+"""MaskHead: Mask R-CNN's mask head layout, output size and init."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pointins.mask.mask_head import MaskHead
+
+
+def test_layer_sequence() -> None:
+    head = MaskHead(in_channels=9, conv_dim=32, num_convs=4)
+    types = [type(m) for m in head.layers]
+    assert types == [nn.Conv2d, nn.ReLU] * 4 + [nn.ConvTranspose2d, nn.ReLU, nn.Conv2d]
+    convs = [m for m in head.layers if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 9 and convs[0].out_channels == 32
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs[:4])
+    assert all(c.in_channels == c.out_channels == 32 for c in convs[1:4])
+    deconv = head.layers[8]
+    assert deconv.kernel_size == (2, 2) and deconv.stride == (2, 2)
+    assert convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 1
+    assert len(list(MaskHead(9, 32, num_convs=2).layers)) == 7
+
+
+def test_output_shape() -> None:
+    head = MaskHead(in_channels=6, conv_dim=16)
+    assert head(torch.randn(3, 6, 8, 8)).shape == (3, 1, 16, 16)
+    empty = head(torch.zeros(0, 6, 8, 8))
+    assert empty.shape == (0, 1, 16, 16) and empty.grad_fn is not None
+
+
+def test_init_is_kaiming_fan_out_with_zero_bias() -> None:
+    torch.manual_seed(0)
+    head = MaskHead(in_channels=256, conv_dim=256)
+    for m in head.layers:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            assert torch.count_nonzero(m.bias) == 0
+    conv = head.layers[2]  # mask_fcn2: fan_out = 256 * 3 * 3
+    expected = math.sqrt(2.0 / (256 * 9))
+    assert abs(conv.weight.std().item() - expected) / expected < 0.05
