@@ -1,0 +1,38 @@
+"""Learning-rate schedule: linear warm-up, then x gamma at the milestones (epochs or steps)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pointins.schedules import warmup_multistep
+
+
+def _lrs(steps: int, **kw) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_multistep(opt, **kw)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_epoch_milestones_and_warmup():
+    lrs = _lrs(40, milestones=[2, 3], steps_per_epoch=10, warmup_steps=4, warmup_factor=0.2)
+    assert lrs[0] == pytest.approx(0.2)
+    assert lrs[2] == pytest.approx(0.2 * 0.5 + 0.5)  # halfway through the warm-up
+    assert lrs[4:20] == pytest.approx([1.0] * 16)
+    assert lrs[20:30] == pytest.approx([0.1] * 10)
+    assert lrs[30:] == pytest.approx([0.01] * 10)
+
+
+def test_step_milestones_cityscapes_style():
+    lrs = _lrs(30, milestones=[18], unit="step", steps_per_epoch=1000, warmup_steps=0)
+    assert lrs[17] == pytest.approx(1.0) and lrs[18] == pytest.approx(0.1)
+
+
+def test_bad_unit():
+    with pytest.raises(ValueError, match="optim.scheduler.unit"):
+        _lrs(1, milestones=[1], unit="iteration", steps_per_epoch=1)
