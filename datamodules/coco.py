@@ -28,6 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from datamodules.collate import Collate
+from datamodules.sampling import SeededEpochSampler
 from datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -331,12 +332,20 @@ class CocoInstanceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        """``dataset[i]``, or ``dataset[(i, seed)]`` to draw the augmentation from ``seed``
+        (see :class:`~datamodules.sampling.SeededEpochSampler`)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         record = self._records[index]
         image = self._load_image(record)
         target = self._load_target(record)
         if self.transforms is not None:
-            image, target = self.transforms(image, target)
+            if seed is None:
+                image, target = self.transforms(image, target)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image, target = self.transforms(image, target)
         meta = {"image_id": record["id"], "orig_size": (record["height"], record["width"])}
         return image, target, meta
 
@@ -419,6 +428,7 @@ class CocoDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         train_keep_empty: bool = False,
         size_divisibility: int = 128,
+        seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -440,6 +450,7 @@ class CocoDataModule(pl.LightningDataModule):
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.train_keep_empty = bool(train_keep_empty)
         self.collate = Collate(int(size_divisibility))
+        self.seed = int(seed)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self._categories: Categories | None = None
@@ -527,11 +538,11 @@ class CocoDataModule(pl.LightningDataModule):
         return self._val_dataset
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches; the order is reproducible under ``seed_everything``."""
+        """Shuffled batches; order and augmentation are functions of (seed, epoch) only."""
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=SeededEpochSampler(len(self.train_dataset), self.seed),
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -26,15 +26,21 @@ def _plain(cfg: Any) -> Any:
 
 
 def build_model(
-    backbone: Mapping, neck: Mapping, detector: Mapping, mask: Mapping | None,
-    num_classes: int, det_weight: float = 1.0,
+    backbone: Mapping,
+    neck: Mapping,
+    detector: Mapping,
+    mask: Mapping | None,
+    num_classes: int,
+    det_weight: float = 1.0,
 ) -> PointINS:
     """Instantiate backbone → FPN → detector → mask module, wiring the widths and strides
     each part derives from the previous one (nothing is typed twice in the configs)."""
     backbone_m = instantiate(backbone)
     neck_m = instantiate(neck, in_channels=backbone_m.out_channels, in_strides=backbone_m.strides)
     detector_m = instantiate(
-        detector, in_channels=neck_m.out_channels, num_classes=num_classes,
+        detector,
+        in_channels=neck_m.out_channels,
+        num_classes=num_classes,
         strides=neck_m.strides,
     )
     if mask is None:
@@ -77,15 +83,24 @@ class PointINSModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         hparams = {
-            "backbone": _plain(backbone), "neck": _plain(neck), "detector": _plain(detector),
-            "mask": _plain(mask), "optim": _plain(optim), "class_names": list(class_names),
-            "det_weight": det_weight, "init_from": init_from,
+            "backbone": _plain(backbone),
+            "neck": _plain(neck),
+            "detector": _plain(detector),
+            "mask": _plain(mask),
+            "optim": _plain(optim),
+            "class_names": list(class_names),
+            "det_weight": det_weight,
+            "init_from": init_from,
         }
         self.save_hyperparameters(hparams)
         self.class_names = list(class_names)
         self.model = build_model(
-            hparams["backbone"], hparams["neck"], hparams["detector"], hparams["mask"],
-            len(self.class_names), det_weight,
+            hparams["backbone"],
+            hparams["neck"],
+            hparams["detector"],
+            hparams["mask"],
+            len(self.class_names),
+            det_weight,
         )
         if init_from is not None:
             self._init_from(init_from)
@@ -93,7 +108,7 @@ class PointINSModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        losses = self.model.losses(batch.images, batch.targets)
+        losses = self.model.losses(batch.images, batch.targets, self._step_generator())
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -107,6 +122,12 @@ class PointINSModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs)
         return loss
+
+    def _step_generator(self) -> torch.Generator:
+        """RNG of this step's mask sampling: a function of (seed, step), so that a resumed
+        run samples exactly what the uninterrupted run would have."""
+        seed = (torch.initial_seed() * 1_000_003 + self.global_step) % 2**63
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     # --------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -135,7 +156,10 @@ class PointINSModule(pl.LightningModule):
         scheduler = instantiate(self.hparams.optim["scheduler"])(
             optimizer, steps_per_epoch=steps_per_epoch
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # -------------------------------------------------------------------- utils
     def _init_from(self, path: str) -> None:
@@ -148,9 +172,18 @@ class PointINSModule(pl.LightningModule):
         loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         skipped = sorted(set(state) - set(loaded))
         self.load_state_dict(loaded, strict=False)
-        log.info("init_from %s: loaded %d tensors, skipped %d: %s", file, len(loaded),
-                 len(skipped), skipped)
+        log.info(
+            "init_from %s: loaded %d tensors, skipped %d: %s",
+            file,
+            len(loaded),
+            len(skipped),
+            skipped,
+        )
         missing = sorted(set(own) - set(loaded))
         if missing:
-            log.info("init_from %s: %d tensors keep their initialisation: %s", file,
-                     len(missing), missing)
+            log.info(
+                "init_from %s: %d tensors keep their initialisation: %s",
+                file,
+                len(missing),
+                missing,
+            )

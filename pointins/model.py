@@ -62,7 +62,10 @@ class PointINS(nn.Module):
 
     # ------------------------------------------------------------------ training
     def losses(
-        self, images: Tensor, targets: list[dict[str, Tensor]], generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        targets: list[dict[str, Tensor]],
+        generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
         """Weighted loss terms; their sum is the training loss (SPEC §5)."""
         outputs = self.detector(self.features(images))
@@ -83,10 +86,19 @@ class PointINS(nn.Module):
         with torch.no_grad():
             pred_boxes = self.detector.decode(cat_levels(outputs.box_regression), anchors)
         queries = sample_queries(
-            anchors, level_ids, feature_sizes, self.detector.strides, self.detector.num_anchors,
-            anchor_gt, pred_boxes, gt_boxes, gt_valid,
-            box_iou_thresh=s.box_iou, target_box_probs=s.target_box_probs,
-            num_samples=s.num_samples, generator=generator,
+            anchors,
+            level_ids,
+            feature_sizes,
+            self.detector.strides,
+            self.detector.num_anchors,
+            anchor_gt,
+            pred_boxes,
+            gt_boxes,
+            gt_valid,
+            box_iou_thresh=s.box_iou,
+            target_box_probs=s.target_box_probs,
+            num_samples=s.num_samples,
+            generator=generator,
         )
         logits = self.mask(outputs.poi_features, queries)  # (N, 2K, 2K)
         mask_gt = mask_targets([t["masks"] for t in targets], queries, self.mask.mask_size)
@@ -131,11 +143,16 @@ class PointINS(nn.Module):
         return results
 
 
-def queries_from_detections(detections: Sequence[Detections], strides: Sequence[int]) -> InstanceQueries:
+def queries_from_detections(
+    detections: Sequence[Detections], strides: Sequence[int]
+) -> InstanceQueries:
     """One query per kept detection: its own level, location, anchor and regressed box."""
     device = detections[0].boxes.device
     batch_idx = torch.cat(
-        [torch.full((len(d),), i, dtype=torch.long, device=device) for i, d in enumerate(detections)]
+        [
+            torch.full((len(d),), i, dtype=torch.long, device=device)
+            for i, d in enumerate(detections)
+        ]
     )
     level = torch.cat([d.level for d in detections])  # (N,)
     stride = torch.as_tensor(strides, dtype=torch.float32, device=device)[level]  # (N,)

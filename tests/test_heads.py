@@ -23,7 +23,9 @@ def test_retinanet_flattening_order_is_location_major_anchor_fastest():
     w = feats[0].shape[-1]
     assert torch.equal(out.cls_logits[0][b, (y * w + x) * 9 + a, c], raw[b, a * 3 + c, y, x])
     raw_reg = head.box_regression(head.reg_tower(feats[0]))
-    assert torch.equal(out.box_regression[0][b, (y * w + x) * 9 + a], raw_reg[b, a * 4:(a + 1) * 4, y, x])
+    assert torch.equal(
+        out.box_regression[0][b, (y * w + x) * 9 + a], raw_reg[b, a * 4 : (a + 1) * 4, y, x]
+    )
     assert out.cls_logits[1].shape == (2, 3 * 3 * 9, 3)
     assert out.centerness is None
 
@@ -32,8 +34,9 @@ def test_prior_probability_bias():
     head = RetinaNetHead(32, num_classes=4, num_anchors=9, num_convs=1, conv_dim=32)
     p = torch.sigmoid(head.cls_logits.bias)
     assert torch.allclose(p, torch.full_like(p, 0.01))
-    assert math.isclose(torch.sigmoid(FCOSHead(32, 4, 2, 1, 32).cls_logits.bias[0]).item(), 0.01,
-                        rel_tol=1e-5)
+    assert math.isclose(
+        torch.sigmoid(FCOSHead(32, 4, 2, 1, 32).cls_logits.bias[0]).item(), 0.01, rel_tol=1e-5
+    )
 
 
 def test_poi_features_are_the_regression_tower_output():

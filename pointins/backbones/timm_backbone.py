@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import timm
-
 from timm.layers.norm_act import freeze_batch_norm_2d
 from torch import Tensor, nn
 

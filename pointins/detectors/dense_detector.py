@@ -19,6 +19,7 @@ from pointins.detectors.box_coders import DeltaBoxCoder, LTRBBoxCoder
 from pointins.detectors.heads import FCOSHead, RetinaNetHead
 from pointins.detectors.losses import fcos_losses, retinanet_losses
 from pointins.detectors.postprocess import postprocess_detections
+from pointins.mask.sampling import anchor_condition_from_matches, anchor_condition_iou
 from pointins.structures import DenseOutputs, Detections
 
 FeatureSizes = list[tuple[int, int]]
@@ -82,20 +83,31 @@ class DenseDetector(nn.Module):
         raise NotImplementedError
 
     def compute_losses(
-        self, outputs: DenseOutputs, anchors: Tensor, matched_idxs: Tensor,
-        gt_boxes: Tensor, gt_labels: Tensor,
+        self,
+        outputs: DenseOutputs,
+        anchors: Tensor,
+        matched_idxs: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def mask_anchor_condition(
-        self, anchors: Tensor, matched_idxs: Tensor, gt_boxes: Tensor, gt_valid: Tensor,
+        self,
+        anchors: Tensor,
+        matched_idxs: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
         anchor_iou: float,
     ) -> Tensor:
         """``(B, N)`` long: the GT a location's anchor qualifies for mask sampling, or -1."""
         raise NotImplementedError
 
     def inference(
-        self, outputs: DenseOutputs, anchors: list[Tensor], feature_sizes: FeatureSizes,
+        self,
+        outputs: DenseOutputs,
+        anchors: list[Tensor],
+        feature_sizes: FeatureSizes,
         image_sizes: Sequence[tuple[int, int]],
     ) -> list[Detections]:
         return postprocess_detections(
@@ -147,8 +159,13 @@ class RetinaNet(DenseDetector):
             self.strides, octave_base_scale, scales_per_octave, aspect_ratios
         )
         self.head = RetinaNetHead(
-            in_channels, num_classes, self.anchor_generator.num_anchors, num_convs, conv_dim,
-            prior_prob, group_norm,
+            in_channels,
+            num_classes,
+            self.anchor_generator.num_anchors,
+            num_convs,
+            conv_dim,
+            prior_prob,
+            group_norm,
         )
         self.box_coder = DeltaBoxCoder(scale_clamp=math.log(1000.0 / 16))
         self.assigner = IoUAssigner(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches)
@@ -171,8 +188,6 @@ class RetinaNet(DenseDetector):
         )
 
     def mask_anchor_condition(self, anchors, matched_idxs, gt_boxes, gt_valid, anchor_iou):
-        from pointins.mask.sampling import anchor_condition_iou
-
         return anchor_condition_iou(anchors, gt_boxes, gt_valid, anchor_iou)
 
 
@@ -193,7 +208,11 @@ class FCOS(DenseDetector):
         group_norm: bool = True,
         center_sampling_radius: float = 1.5,
         size_ranges: Sequence[Sequence[float]] = (
-            (0, 64), (64, 128), (128, 256), (256, 512), (512, math.inf),
+            (0, 64),
+            (64, 128),
+            (128, 256),
+            (256, 512),
+            (512, math.inf),
         ),
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
@@ -210,7 +229,12 @@ class FCOS(DenseDetector):
             )
         self.anchor_generator = PointGenerator(self.strides)
         self.head = FCOSHead(
-            in_channels, num_classes, len(self.strides), num_convs, conv_dim, prior_prob,
+            in_channels,
+            num_classes,
+            len(self.strides),
+            num_convs,
+            conv_dim,
+            prior_prob,
             group_norm,
         )
         self.box_coder = LTRBBoxCoder()
@@ -234,4 +258,4 @@ class FCOS(DenseDetector):
 
     def mask_anchor_condition(self, anchors, matched_idxs, gt_boxes, gt_valid, anchor_iou):
         # FCOS has no anchor box: the "anchor condition" is FCOS positivity (SPEC §4).
-        return matched_idxs.clamp(min=-1)
+        return anchor_condition_from_matches(matched_idxs)
