@@ -273,6 +273,7 @@ class CocoInstanceDataset(Dataset):
             )
         self._check_image_files(records)
         self._records = _PackedRecords(records)
+        self._sizes = [(r["height"], r["width"]) for r in records]
         self._reported_empty_masks: set[int] = set()
 
     def _build_records(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -331,6 +332,10 @@ class CocoInstanceDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def orientations(self) -> list[int]:
+        """1 for landscape (w > h), 0 otherwise, per image: the aspect-ratio groups."""
+        return [int(w > h) for h, w in self._sizes]
 
     def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         """``dataset[i]``, or ``dataset[(i, seed)]`` to draw the augmentation from ``seed``
@@ -542,7 +547,12 @@ class CocoDataModule(pl.LightningDataModule):
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=SeededEpochSampler(len(self.train_dataset), self.seed),
+            sampler=SeededEpochSampler(
+                len(self.train_dataset),
+                self.seed,
+                group_ids=self.train_dataset.orientations(),
+                batch_size=self.batch_size,
+            ),
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
