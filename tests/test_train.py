@@ -10,6 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import eval as eval_entry
 import train as train_entry
 
 # A model and data small enough to train a few steps on CPU in seconds.
@@ -30,7 +31,8 @@ TINY = [
     "model.mask.mask_dim=16",
     "model.mask.head_convs=1",
     "optim.scheduler.warmup_steps=2",
-    "trainer.max_epochs=2",
+    "optim.max_epochs=2",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.accelerator=cpu",
     "trainer.devices=1",
     "logger=csv",
@@ -66,6 +68,36 @@ def test_run_directory_has_metrics_and_checkpoints(run):
         assert key in saved and key in metrics
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "bbox.json").is_file() and (out / "segm.json").is_file()
+
+
+def test_eval_reproduces_the_final_validation(run, compose_cfg, tmp_path):
+    # score threshold 0: even a barely trained model then predicts, so there is a lot to compare
+    _, metrics, out = run("trained", ["model.detector.score_thresh=0.0"])
+    assert json.loads((out / "segm.json").read_text()), "no predictions to compare"
+    cfg = compose_cfg(
+        [
+            *[o for o in TINY if o.split("=")[0].split(".")[0] in ("experiment", "data")],
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+        ],
+        config_name="eval",
+    )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+        del cfg.hydra
+    evaluated = eval_entry.evaluate(cfg)
+    for key in ("bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"):
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-9, nan_ok=True)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_checkpoint_of_other_classes_is_a_clear_error(run, tmp_path):
+    _, _, out = run("trained")
+    with pytest.raises(ValueError, match="trained on 8 classes"):
+        eval_entry.load_checkpoint(str(out / "checkpoints" / "last.ckpt"), ["a", "b"])
 
 
 def test_resume_from_last_ckpt_reaches_the_same_weights(run):
