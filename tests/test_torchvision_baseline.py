@@ -152,8 +152,11 @@ def test_wall_clock_schedule_warms_up_then_decays_at_budget_fractions(
     compose_cfg: Callable, data_dir: Path
 ) -> None:
     cfg = tiny_cfg(compose_cfg, data_dir)
-    fractions = decay_fractions(OmegaConf.to_container(cfg.optim, resolve=True))
-    assert fractions == pytest.approx([10 / 14, 13 / 14])  # adamw_scratch: epochs 10, 13 of 14
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    recipe = [m / optim["max_epochs"] for m in optim["scheduler"]["milestones"]]
+    assert decay_fractions(optim) == pytest.approx(recipe)  # follows the recipe
+    one_x = {"scheduler": {"unit": "epoch", "milestones": [8, 11]}, "max_epochs": 12}
+    assert decay_fractions(one_x) == pytest.approx([8 / 12, 11 / 12])
     assert decay_fractions({"scheduler": {"unit": "step", "milestones": [5]}}) == [0.7, 0.9]
     s = WallClockSchedule(seconds=100, decay_at=(0.7, 0.9), warmup_steps=10, warmup_factor=0.001)
     assert s.factor(0, 0.0) == pytest.approx(0.001)
@@ -217,6 +220,7 @@ def test_cli_writes_metrics_and_result_line(data_dir: Path, tmp_path: Path) -> N
     out = tmp_path / "run"
     result = main(
         ["--model", "fcos", "--minutes", "1", "--max-iters", "2", "--log-every", "1",
+         "--max-val-batches", "1",
          "--out", str(out), *TINY, f"paths.data_dir={data_dir}"]
     )
     assert result["iterations"] == 2 and result["model"] == "torchvision-fcos"
