@@ -64,3 +64,10 @@ def test_cli_prints_config_without_dataset(args, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "_target_: pointins.lit_module.PointINSModule" in out.stdout
+
+
+def test_mask_none_wins_over_the_experiments_mask(compose_cfg):
+    cfg = compose_cfg(["experiment=shapes", "mask=none"])
+    assert cfg.model.mask is None and cfg.monitor == "bbox/AP"
+    small = compose_cfg(["experiment=shapes"]).model.mask
+    assert small.mask_dim == 64 and small._target_ == "pointins.mask.InstanceAwareMask"
