@@ -71,3 +71,10 @@ def test_mask_none_wins_over_the_experiments_mask(compose_cfg):
     assert cfg.model.mask is None and cfg.monitor == "bbox/AP"
     small = compose_cfg(["experiment=shapes"]).model.mask
     assert small.mask_dim == 64 and small._target_ == "pointins.mask.InstanceAwareMask"
+
+
+def test_ablation_num_points_sweeps_table_8(compose_cfg):
+    cfg = compose_cfg(["ablation=num_points"])
+    values = cfg.hydra.sweeper.params["model.mask.sampling.num_samples"]
+    assert values.split(",") == ["32", "64", "128", "256", "null"]
+    assert cfg.task_name == "ablation_num_points"
