@@ -123,6 +123,10 @@ class IoUAssigner:
         )
 
 
+#: FCOS's per-level ranges of max(l, t, r, b) for P3..P7 (SPEC §2)
+FCOS_SIZE_RANGES = ((0, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
+
+
 class FCOSAssigner:
     """FCOS labelling of locations.
 
@@ -142,13 +146,7 @@ class FCOSAssigner:
     def __init__(
         self,
         center_sampling_radius: float = 1.5,
-        size_ranges: Sequence[Sequence[float]] = (
-            (0, 64),
-            (64, 128),
-            (128, 256),
-            (256, 512),
-            (512, math.inf),
-        ),
+        size_ranges: Sequence[Sequence[float]] = FCOS_SIZE_RANGES,
     ) -> None:
         self.center_sampling_radius = float(center_sampling_radius)
         # (L, 2) rows (lo, hi) of max(l, t, r, b), one per level

@@ -14,7 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from pointins.detectors.anchors import AnchorGenerator, PointGenerator
-from pointins.detectors.assigners import FCOSAssigner, IoUAssigner, gather_assigned
+from pointins.detectors.assigners import (
+    FCOS_SIZE_RANGES,
+    FCOSAssigner,
+    IoUAssigner,
+    gather_assigned,
+)
 from pointins.detectors.box_coders import DeltaBoxCoder, LTRBBoxCoder
 from pointins.detectors.heads import FCOSHead, RetinaNetHead
 from pointins.detectors.losses import fcos_losses, retinanet_losses
@@ -207,13 +212,7 @@ class FCOS(DenseDetector):
         prior_prob: float = 0.01,
         group_norm: bool = True,
         center_sampling_radius: float = 1.5,
-        size_ranges: Sequence[Sequence[float]] = (
-            (0, 64),
-            (64, 128),
-            (128, 256),
-            (256, 512),
-            (512, math.inf),
-        ),
+        size_ranges: Sequence[Sequence[float]] = FCOS_SIZE_RANGES,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         score_thresh: float = 0.05,
