@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from pointins.model import MaskSampling, PointINS
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def _plain(cfg: Any) -> Any:
     """DictConfig/ListConfig -> plain containers (checkpoints stay loadable weights-only)."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
+    if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 

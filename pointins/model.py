@@ -91,7 +91,7 @@ class PointINS(nn.Module):
         )  # (B, N)
         with torch.no_grad():
             pred_boxes = self.detector.decode(cat_levels(outputs.box_regression), anchors)
-        queries = sample_queries(
+        queries, _ = sample_queries(
             anchors,
             level_ids,
             feature_sizes,

@@ -17,7 +17,6 @@ from pointins.mask.sampling import (
     mask_targets,
     paired_box_iou,
     sample_queries,
-    sample_queries_with_info,
 )
 from pointins.structures import InstanceQueries
 
@@ -53,8 +52,7 @@ def _setup(image: int = 128, batch: int = 2, num_gt: int = 4, seed: int = 0, fco
 
 
 def _sample(s, anchor_gt, pred=None, with_info=False, **kw):
-    fn = sample_queries_with_info if with_info else sample_queries
-    return fn(
+    queries, info = sample_queries(
         s["anchors"],
         s["level_ids"],
         s["sizes"],
@@ -66,6 +64,7 @@ def _sample(s, anchor_gt, pred=None, with_info=False, **kw):
         s["gt_valid"],
         **kw,
     )
+    return (queries, info) if with_info else queries
 
 
 def _pred_near_gt(s, anchor_gt, shift: float = 1.5):

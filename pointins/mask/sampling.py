@@ -41,7 +41,7 @@ ANCHOR_BOX, GT_BOX, REGRESSED_BOX = 0, 1, 2
 
 @dataclass
 class SamplingInfo:
-    """Book-keeping of one :func:`sample_queries_with_info` call (for tests, logs, debugging).
+    """Book-keeping of one :func:`sample_queries` call (for tests, logs, debugging).
 
     ``N`` = number of returned queries, ``M`` = number of candidates (anchors satisfying
     the anchor condition, over the whole batch) *before* the ``t_b`` filter.
@@ -187,7 +187,7 @@ def decode_anchor_index(
     return level, y, x, a
 
 
-def sample_queries_with_info(
+def sample_queries(
     anchors: Tensor,
     level_ids: Tensor,
     feature_sizes: Sequence[tuple[int, int]],
@@ -202,7 +202,28 @@ def sample_queries_with_info(
     num_samples: int | None = 128,
     generator: torch.Generator | None = None,
 ) -> tuple[InstanceQueries, SamplingInfo]:
-    """:func:`sample_queries` plus a :class:`SamplingInfo` (flat indices, box types, counts)."""
+    """Sample the training queries of a batch (SPEC §4).
+
+    Args:
+        anchors: ``(N, 4)`` anchors of all levels concatenated (FCOS: stride cells).
+        level_ids: ``(N,)`` long level of every anchor.
+        feature_sizes: ``(H_l, W_l)`` per level.
+        strides: stride of every level in pixels.
+        num_anchors: ``A``, anchors per location.
+        anchor_gt: ``(B, N)`` long, the GT satisfying the anchor condition, ``-1`` otherwise
+            (:func:`anchor_condition_iou` or :func:`anchor_condition_from_matches`).
+        pred_boxes: ``(B, N, 4)`` decoded regressed boxes; detached here.
+        gt_boxes: ``(B, G, 4)`` padded GT boxes; gt_valid: ``(B, G)`` bool.
+        box_iou_thresh: ``t_b``, positives need ``IoU(target box, GT) > t_b``.
+        target_box_probs: probabilities of the target-box types (anchor, GT, regressed), T10.
+        num_samples: at most this many positives per image (T8); ``None`` keeps all.
+        generator: RNG for the type draw and the subsampling (reproducible runs).
+
+    Returns:
+        :class:`InstanceQueries` with ``gt_idx`` filled, grouped by image (ascending
+        ``batch_idx``), in random order within an image when ``num_samples`` is set; and
+        the :class:`SamplingInfo` of the call (flat indices, box types, counts).
+    """
     device = anchors.device
     batch, num = anchor_gt.shape
     offsets = level_offsets(feature_sizes, num_anchors)
@@ -268,60 +289,6 @@ def sample_queries_with_info(
         num_positives=torch.bincount(cand_b[positive], minlength=batch),
     )
     return queries, info
-
-
-def sample_queries(
-    anchors: Tensor,
-    level_ids: Tensor,
-    feature_sizes: Sequence[tuple[int, int]],
-    strides: Sequence[int],
-    num_anchors: int,
-    anchor_gt: Tensor,
-    pred_boxes: Tensor,
-    gt_boxes: Tensor,
-    gt_valid: Tensor,
-    box_iou_thresh: float = 0.5,
-    target_box_probs: Sequence[float] = (0.05, 0.05, 0.9),
-    num_samples: int | None = 128,
-    generator: torch.Generator | None = None,
-) -> InstanceQueries:
-    """Sample the training queries of a batch (SPEC §4).
-
-    Args:
-        anchors: ``(N, 4)`` anchors of all levels concatenated (FCOS: stride cells).
-        level_ids: ``(N,)`` long level of every anchor.
-        feature_sizes: ``(H_l, W_l)`` per level.
-        strides: stride of every level in pixels.
-        num_anchors: ``A``, anchors per location.
-        anchor_gt: ``(B, N)`` long, the GT satisfying the anchor condition, ``-1`` otherwise
-            (:func:`anchor_condition_iou` or :func:`anchor_condition_from_matches`).
-        pred_boxes: ``(B, N, 4)`` decoded regressed boxes; detached here.
-        gt_boxes: ``(B, G, 4)`` padded GT boxes; gt_valid: ``(B, G)`` bool.
-        box_iou_thresh: ``t_b``, positives need ``IoU(target box, GT) > t_b``.
-        target_box_probs: probabilities of the target-box types (anchor, GT, regressed), T10.
-        num_samples: at most this many positives per image (T8); ``None`` keeps all.
-        generator: RNG for the type draw and the subsampling (reproducible runs).
-
-    Returns:
-        :class:`InstanceQueries` with ``gt_idx`` filled, grouped by image (ascending
-        ``batch_idx``), in random order within an image when ``num_samples`` is set.
-    """
-    queries, _ = sample_queries_with_info(
-        anchors,
-        level_ids,
-        feature_sizes,
-        strides,
-        num_anchors,
-        anchor_gt,
-        pred_boxes,
-        gt_boxes,
-        gt_valid,
-        box_iou_thresh=box_iou_thresh,
-        target_box_probs=target_box_probs,
-        num_samples=num_samples,
-        generator=generator,
-    )
-    return queries
 
 
 def mask_targets(
