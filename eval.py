@@ -1,8 +1,12 @@
-"""Evaluate a PointINS checkpoint on the configured validation split.
+"""Evaluate a PointINS checkpoint on the configured validation split, or predict images.
 
     python eval.py ckpt_path=outputs/train/.../checkpoints/last.ckpt
     python eval.py ckpt_path=FILE experiment=shapes     # the embedded demo's data
 Writes bbox.json, segm.json and metrics.json into the run directory.
+
+    python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE [experiment=shapes]
+Writes a picture per image (masks, boxes, class names, scores) under predictions/ and the
+detections of all images as COCO results in predictions.json (see ``pointins.predict``).
 """
 
 from __future__ import annotations
@@ -12,21 +16,24 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
+from datamodules.transforms import build_test_transforms
 from pointins.lit_module import PointINSModule
+from pointins.predict import list_images, predict_images
 from pointins.runner import build_datamodule, build_trainer
 
 log = logging.getLogger("eval")
 
 
-def load_checkpoint(path: str, class_names: list[str]) -> PointINSModule:
-    """The trained module, checked against the dataset's classes."""
+def load_checkpoint(path: str, class_names: list[str] | None = None) -> PointINSModule:
+    """The trained module, checked against the dataset's classes when they are given."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"ckpt_path={str(file)!r} does not exist")
     model = PointINSModule.load_from_checkpoint(file, map_location="cpu", weights_only=False)
-    if list(model.class_names) != list(class_names):
+    if class_names is not None and list(model.class_names) != list(class_names):
         raise ValueError(
             f"Checkpoint {file} was trained on {len(model.class_names)} classes "
             f"{model.class_names}, but the dataset has {len(class_names)} classes {class_names}."
@@ -48,9 +55,38 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def predict(cfg: DictConfig) -> Path:
+    """Predict ``cfg.predict.input`` (a folder or one image) with the checkpoint."""
+    files = list_images(cfg.predict.input)
+    module = load_checkpoint(cfg.ckpt_path)
+    category_ids = module.category_ids
+    if category_ids is None:  # checkpoints written before category ids were stored
+        category_ids = list(range(1, len(module.class_names) + 1))
+        log.warning("checkpoint has no category ids: predictions.json uses label + 1")
+    datamodule = hydra.utils.instantiate(cfg.data)  # test-time resize and normalisation only
+    transforms = build_test_transforms(
+        datamodule.test_scale, datamodule.max_size, datamodule.mean, datamodule.std
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return predict_images(
+        module.model.to(device),
+        files,
+        transforms,
+        cfg.paths.output_dir,
+        module.class_names,
+        category_ids,
+        batch_size=cfg.predict.batch_size,
+        draw_score_thresh=cfg.predict.draw_score_thresh,
+        size_divisibility=datamodule.collate.size_divisibility,
+    )
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    if cfg.predict.input is not None:
+        predict(cfg)
+    else:
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Train PointINS.
 
-    python train.py                                   # paper baseline: COCO, RetinaNet R50 1x
-    python train.py detector=fcos backbone=r101
-    python train.py experiment=shapes                 # CPU demo on the embedded data
-    python train.py -m ablation=iz_inputs             # one table of the paper
-    python train.py ckpt_path=outputs/.../last.ckpt   # resume an interrupted run
+python train.py                                   # paper baseline: COCO, RetinaNet R50 1x
+python train.py detector=fcos backbone=r101
+python train.py experiment=shapes                 # CPU demo on the embedded data
+python train.py -m ablation=iz_inputs             # one table of the paper
+python train.py ckpt_path=outputs/.../last.ckpt   # resume an interrupted run
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pointins.runner import build_datamodule, build_trainer
 
@@ -26,9 +26,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = instantiate(
-        cfg.model, optim=cfg.optim, class_names=datamodule.class_names, _recursive_=False
+        cfg.model,
+        optim=cfg.optim,
+        class_names=datamodule.class_names,
+        category_ids=datamodule.label_to_cat_id,
+        _recursive_=False,
     )
     trainer = build_trainer(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    for logger in trainer.loggers:  # the whole resolved config, not only the model's
+        logger.log_hyperparams(resolved)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("Run directory: %s", cfg.paths.output_dir)

@@ -36,13 +36,18 @@ def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> T
 
 
 def draw_instances(image: Tensor, target: dict[str, Tensor], class_names: Sequence[str]) -> Tensor:
-    """Masks (alpha 0.5), boxes and class names of ``target`` drawn on a uint8 image."""
+    """Masks (alpha 0.5, if any), boxes and class names (with ``scores``, if given) of
+    ``target`` drawn on a uint8 ``(3, H, W)`` image."""
     labels = target["labels"].tolist()
     if not labels:
         return image
     colors = [class_color(label) for label in labels]
-    image = draw_segmentation_masks(image, target["masks"].bool(), alpha=0.5, colors=colors)
+    if "masks" in target:
+        image = draw_segmentation_masks(image, target["masks"].bool(), alpha=0.5, colors=colors)
     names = [class_names[label] for label in labels]
+    if "scores" in target:
+        scores = target["scores"].tolist()
+        names = [f"{name} {score:.2f}" for name, score in zip(names, scores, strict=True)]
     return draw_bounding_boxes(image, target["boxes"], labels=names, colors=colors, width=2)
 
 

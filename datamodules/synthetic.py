@@ -10,11 +10,17 @@ Used for CPU demos, CI tests and overfit runs. It is meant to be a real (small) 
 - occlusion: objects are painted in z-order, each annotation is the VISIBLE mask; instances
   with fewer than ``MIN_VISIBLE_PIXELS`` visible pixels or less than ``MIN_VISIBLE_FRACTION``
   of their in-image area are painted but not annotated (and counted);
-- cluttered backgrounds (gradients, smooth noise, irregular blobs, lines, scribbles, arcs
-  in the same palette as the objects), shaded/textured objects, pixel noise, JPEG q=90;
+- moderately cluttered backgrounds (gradients, smooth noise, irregular blobs, lines,
+  scribbles, arcs), objects in a colour that contrasts with what lies under them,
+  shaded/textured objects, pixel noise, JPEG q=90;
 - varied image sizes (sides 224..512) and aspect ratios (0.5..2), 5 % empty images,
-  1..12 objects per image and, in 5 % of the images, a crowd region (``iscrowd=1``): a dense
+  1..8 objects per image and, in 5 % of the images, a crowd region (``iscrowd=1``): a dense
   cluster of tiny objects of one class annotated as one RLE region.
+
+Difficulty (version 2) is set to the calibration the project's issues state for data of
+this kind: torchvision's FCOS with a ResNet-18 FPN-64 from scratch reaches about 18 bbox AP
+in 15 minutes on 2 CPU cores. Version 1 (12 objects, 45 % tiny, camouflage colours, heavy
+clutter) held every detector under 2 AP at that budget, too hard to tell recipes apart.
 
 Every image comes from its own RNG seeded from ``(seed, split, index)`` (``scene_rng``), so
 the output is byte-identical for the same arguments and a split can be regenerated image by
@@ -48,7 +54,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CATEGORIES: list[dict] = [
     {"id": 1, "name": "disc", "supercategory": "curved"},
@@ -65,14 +71,17 @@ CATEGORIES: list[dict] = [
 MIN_SIDE, MAX_SIDE = 224, 512
 MAX_ASPECT = 2.0
 # Scene content.
-MAX_OBJECTS = 12
+MAX_OBJECTS = 8
 EMPTY_EVERY = 20  # index % EMPTY_EVERY == EMPTY_AT  -> no objects (5 %)
 EMPTY_AT = 3
 CROWD_EVERY = 20  # index % CROWD_EVERY == CROWD_AT  -> one crowd region (5 %)
 CROWD_AT = 5
 # Annotation rules.
 MIN_VISIBLE_PIXELS = 12
-MIN_VISIBLE_FRACTION = 0.15
+MIN_VISIBLE_FRACTION = 0.3
+# Placement: centres are redrawn (up to 10 times) until bounding circles overlap by at most
+# 1 - SPACING of their radii' sum, so occlusion is partial, not the rule.
+SPACING = 0.75
 # COCO area ranges (pycocotools COCOeval): small < 32², medium 32²..96², large > 96².
 SMALL_MAX, MEDIUM_MAX = 32**2, 96**2
 JPEG_QUALITY = 90
@@ -225,16 +234,16 @@ def _background(
     t = xs + ys  # (H, W)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
     image = c0 + t[..., None] * (c1 - c0)  # (H, W, 3)
-    image += _smooth_noise(rng, height, width, int(rng.integers(2, 6)), 3) * rng.uniform(10, 35)
+    image += _smooth_noise(rng, height, width, int(rng.integers(2, 6)), 3) * rng.uniform(5, 20)
     cells = max(height, width) // int(rng.integers(6, 20))
-    image += _smooth_noise(rng, height, width, cells, 1) * rng.uniform(3, 14)
+    image += _smooth_noise(rng, height, width, cells, 1) * rng.uniform(2, 8)
     return image
 
 
 def _paint_blobs(rng: np.random.Generator, image: np.ndarray, palette: np.ndarray) -> None:
     """Irregular (non-shape) blobs: thresholded smooth noise under a radial falloff."""
     height, width = image.shape[:2]
-    for _ in range(int(rng.integers(0, 6))):
+    for _ in range(int(rng.integers(0, 2))):
         size = int(rng.integers(16, 100))
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size / 2.0) - 1.0
         field_ = 1.0 - (xx**2 + yy**2) + 0.9 * _smooth_noise(rng, size, size, 4)[..., 0]
@@ -261,9 +270,9 @@ def _draw_strokes(rng: np.random.Generator, image: Image.Image, palette: np.ndar
     def point() -> tuple[float, float]:
         return float(rng.uniform(0, width)), float(rng.uniform(0, height))
 
-    for _ in range(int(rng.integers(1, 9))):
+    for _ in range(int(rng.integers(0, 3))):
         draw.line([point(), point()], fill=color(), width=int(rng.integers(1, 4)))
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.integers(0, 2))):
         steps = rng.normal(0.0, rng.uniform(8, 30), (int(rng.integers(4, 14)), 2))
         walk = np.cumsum(steps, axis=0) + np.array(point())  # (n, 2)
         draw.line(
@@ -272,7 +281,7 @@ def _draw_strokes(rng: np.random.Generator, image: Image.Image, palette: np.ndar
             width=int(rng.integers(1, 5)),
             joint="curve",
         )
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 2))):
         (cx, cy), r = point(), float(rng.uniform(10, 120))
         start = float(rng.uniform(0, 360))
         draw.arc(
@@ -282,6 +291,24 @@ def _draw_strokes(rng: np.random.Generator, image: Image.Image, palette: np.ndar
             fill=color(),
             width=int(rng.integers(1, 4)),
         )
+
+
+def _contrasting_color(
+    rng: np.random.Generator, canvas: np.ndarray, center: np.ndarray, min_distance: float = 90.0
+) -> np.ndarray:
+    """A random colour at least ``min_distance`` (RGB L2) from the canvas at ``center``.
+
+    Objects stay visible against what lies under them (the farthest of 8 draws otherwise);
+    they may still resemble each other, the clutter or another part of the background.
+    """
+    height, width = canvas.shape[:2]
+    x = int(np.clip(center[0], 0, width - 1))
+    y = int(np.clip(center[1], 0, height - 1))
+    under = canvas[y, x]  # (3,)
+    draws = rng.uniform(0.0, 255.0, (8, 3)).astype(np.float32)  # (8, 3)
+    distance = np.linalg.norm(draws - under, axis=1)  # (8,)
+    far = np.flatnonzero(distance >= min_distance)
+    return draws[far[0] if far.size else int(distance.argmax())]
 
 
 def _paint_object(
@@ -327,14 +354,14 @@ def _sample_image_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def _sample_visible_area(rng: np.random.Generator, height: int, width: int) -> float:
-    """Target area in pixels: small / medium / large with probabilities 0.45 / 0.33 / 0.22."""
+    """Target area in pixels: small / medium / large with probabilities 0.2 / 0.45 / 0.35."""
     u = rng.random()
-    if u < 0.45:
-        low, high = 30.0, 900.0
-    elif u < 0.78:
+    if u < 0.2:
+        low, high = 150.0, 900.0
+    elif u < 0.65:
         low, high = 1200.0, 8500.0
     else:
-        low, high = 10500.0, max(11000.0, 0.6 * height * width)
+        low, high = 10500.0, max(11000.0, 0.25 * height * width)
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
@@ -344,18 +371,35 @@ class _Placed:
     outline: Outline  # in pixels
     scale: float
     center: np.ndarray
+    radius: float = 0.0  # of the bounding circle, pixels
     crowd: list[Outline] = field(default_factory=list)  # crowd: its tiny members
 
 
-def _sample_object(rng: np.random.Generator, height: int, width: int) -> _Placed:
+def _sample_object(
+    rng: np.random.Generator, height: int, width: int, placed: list[_Placed], tries: int = 10
+) -> _Placed:
+    """One object; its centre keeps it mostly inside the image and, if possible, apart from
+    the ``placed`` ones (bounding circles overlap by at most ``1 - SPACING`` of their radii)."""
     label = int(rng.integers(len(CATEGORIES)))
     unit = SHAPES[label](rng)
     area = _sample_visible_area(rng, height, width)
     scale = float(np.sqrt(area / (4.0 * _unit_fill_fraction(unit))))
     aspect = float(np.exp(rng.uniform(np.log(0.67), np.log(1.5))))
-    center = rng.uniform([0.0, 0.0], [width, height])
-    outline = _place(unit, scale, aspect, rng.uniform(0, 2 * np.pi), center)
-    return _Placed(label, outline, scale, center)
+    radius = scale * np.sqrt(max(aspect, 1.0 / aspect))  # bounding circle of the unit square
+    # keep most of the shape inside the image: a truncated shape is often another class
+    margin = np.minimum(0.6 * scale, [0.5 * width, 0.5 * height])  # (2,) x, y
+    others = np.array([[*p.center, p.radius] for p in placed]).reshape(-1, 3)  # (m, 3)
+    best, best_room = None, -np.inf
+    for _ in range(tries):
+        center = rng.uniform(margin, [width - margin[0], height - margin[1]])  # (2,)
+        gaps = np.linalg.norm(others[:, :2] - center, axis=1) / (others[:, 2] + radius)  # (m,)
+        room = float(gaps.min()) if len(gaps) else np.inf
+        if room > best_room:
+            best, best_room = center, room
+        if room >= SPACING:
+            break
+    outline = _place(unit, scale, aspect, rng.uniform(0, 2 * np.pi), best)
+    return _Placed(label, outline, scale, best, radius=float(radius))
 
 
 def _sample_crowd(rng: np.random.Generator, height: int, width: int) -> _Placed:
@@ -400,7 +444,9 @@ def render_scene(
     canvas = np.asarray(pil).astype(np.float32)
 
     # Z-order: mostly large objects first (table under cups), with noise so sizes interleave.
-    objects = [_sample_object(rng, height, width) for _ in range(num_objects)]
+    objects: list[_Placed] = []
+    for _ in range(num_objects):
+        objects.append(_sample_object(rng, height, width, objects))
     keys = [2.0 * np.log(o.scale) + rng.normal(0.0, 1.0) for o in objects]
     objects = [objects[i] for i in np.argsort(keys)[::-1]]
     if crowd:
@@ -412,11 +458,7 @@ def render_scene(
     owner = np.full((height, width), -1, dtype=np.int16)  # index of the top object per pixel
     boxes, full_areas = [], []  # per object: crop (y0, y1, x0, x1) and in-image area
     for i, obj in enumerate(objects):
-        color = (
-            _random_color(rng, palette, 30)
-            if rng.random() < 0.5
-            else rng.uniform(0.0, 255.0, 3).astype(np.float32)
-        )
+        color = _contrasting_color(rng, canvas, obj.center)
         box = [height, 0, width, 0]
         for outline in obj.crowd or [obj.outline]:
             y0, x0, mask = rasterise_shape(outline, height, width)
@@ -433,9 +475,9 @@ def render_scene(
         y0, y1, x0, x1 = box
         full_areas.append(int((owner[y0:y1, x0:x1] == i).sum()) if y1 > y0 else 0)
 
-    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2.0, 7.0)
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2.0, 5.0)
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
-    if rng.random() < 0.3:
+    if rng.random() < 0.2:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0)))
 
     masks, labels, iscrowd, kept_full, dropped = [], [], [], [], 0

@@ -40,3 +40,12 @@ def test_init_is_kaiming_fan_out_with_zero_bias() -> None:
     conv = head.layers[2]  # mask_fcn2: fan_out = 256 * 3 * 3
     expected = math.sqrt(2.0 / (256 * 9))
     assert abs(conv.weight.std().item() - expected) / expected < 0.05
+
+
+def test_predictor_starts_near_zero_logits() -> None:
+    """Large mask features (dynamic conv of raw Iz) must not give a huge first loss."""
+    torch.manual_seed(0)
+    head = MaskHead(in_channels=64, conv_dim=64)
+    assert head.layers.predictor.weight.std().item() < 0.002
+    logits = head(50.0 * torch.rand(4, 64, 8, 8))
+    assert logits.abs().max().item() < 1.0

@@ -9,9 +9,11 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from pycocotools import mask as mask_utils
 
 import eval as eval_entry
 import train as train_entry
+from datamodules.synthetic import CATEGORIES
 
 # A model and data small enough to train a few steps on CPU in seconds.
 TINY = [
@@ -114,3 +116,40 @@ def test_resume_from_last_ckpt_reaches_the_same_weights(run):
 def test_nan_loss_stops_with_step_and_terms(run):
     with pytest.raises(FloatingPointError, match=r"step [1-9]\d* .*loss_cls=.*loss_mask="):
         run("nan", ["optim.optimizer.lr=1e30", "optim.scheduler.warmup_steps=0"])
+
+
+def test_predict_folder_writes_pictures_and_coco_results(run, compose_cfg, tmp_path, caplog):
+    _, _, out = run("trained", ["model.detector.score_thresh=0.0"])
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    val_images = sorted((tmp_path / "data" / "shapes" / "images" / "val").iterdir())
+    for i, src in enumerate(val_images[:2]):
+        (folder / f"{i}{src.suffix}").write_bytes(src.read_bytes())
+    (folder / "2_broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    cfg = compose_cfg(
+        [
+            *[o for o in TINY if o.split("=")[0].split(".")[0] in ("experiment", "data")],
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            f"predict.input={folder}",
+        ],
+        config_name="eval",
+    )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "predict")
+        del cfg.hydra
+    with caplog.at_level("WARNING"):
+        results_file = eval_entry.predict(cfg)
+    assert "2_broken.jpg" in caplog.text  # unreadable file named, then skipped
+    pictures = sorted(p.name for p in (tmp_path / "predict" / "predictions").iterdir())
+    assert pictures == ["0.png", "1.png"]
+    results = json.loads(results_file.read_text())
+    assert results, "score threshold 0 must give detections"
+    for r in results:
+        assert r["image_id"] in (0, 1) and r["file_name"] == f"{r['image_id']}.jpg"
+        assert r["category_id"] in {c["id"] for c in CATEGORIES}  # dataset ids, not labels
+        height, width = mask_utils.decode(r["segmentation"]).shape
+        x, y, w, h = r["bbox"]
+        assert 0 <= x <= x + w <= width + 1e-3 and 0 <= y <= y + h <= height + 1e-3

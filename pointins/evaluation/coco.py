@@ -208,11 +208,12 @@ class CocoEvaluator:
                 "give masks for every image or for none."
             )
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, extra: Mapping[str, float] | None = None) -> dict[str, float]:
         """Gather, evaluate once on rank 0 and return the metrics (in percent) on every rank.
 
         Keys are ``{iou_type}/{AP,AP50,AP75,APs,APm,APl}``; an area range without ground
-        truth gives NaN. Rank 0 writes ``bbox.json``, ``segm.json`` and ``metrics.json``.
+        truth gives NaN. ``extra`` (rank 0's, e.g. the inference speed) is added to them.
+        Rank 0 writes ``bbox.json``, ``segm.json`` and ``metrics.json``.
         """
         distributed = dist.is_available() and dist.is_initialized()
         rank = dist.get_rank() if distributed else 0
@@ -224,7 +225,7 @@ class CocoEvaluator:
         payload: list[Any] = [None]
         if rank == 0:
             try:
-                payload[0] = self._evaluate(_merge(parts))
+                payload[0] = self._evaluate(_merge(parts), extra or {})
             except Exception as error:  # re-raised on every rank instead of hanging them
                 payload[0] = error
         if distributed:
@@ -233,7 +234,9 @@ class CocoEvaluator:
             raise payload[0]
         return payload[0]
 
-    def _evaluate(self, results: dict[int, ImageResults]) -> dict[str, float]:
+    def _evaluate(
+        self, results: dict[int, ImageResults], extra: Mapping[str, float]
+    ) -> dict[str, float]:
         """Write the result files and score every iou type on the updated images."""
         image_ids = sorted(results)
         num_images = len(self.coco.getImgIds())
@@ -255,6 +258,7 @@ class CocoEvaluator:
             metrics.update(
                 {f"{iou_type}/{k}": v for k, v in self._score(iou_type, dets, image_ids).items()}
             )
+        metrics.update({k: float(v) for k, v in extra.items()})
         save_metrics(metrics, self.output_dir / "metrics.json")
         return metrics
 

@@ -11,8 +11,10 @@ class MaskHead(nn.Module):
     """``num_convs`` x (conv3x3 + ReLU) -> ConvTranspose 2x2 s2 -> ReLU -> conv1x1 -> 1 logit.
 
     Input ``(N, in_channels, K, K)``, output class-agnostic logits ``(N, 1, 2K, 2K)``.
-    Every conv is initialised as in torchvision's Mask R-CNN heads: kaiming normal
-    (``fan_out``, ReLU gain) weights and zero biases.
+    The hidden convs are initialised as in torchvision's Mask R-CNN heads (kaiming normal,
+    ``fan_out``, ReLU gain; zero biases); the predictor as detectron2's mask predictor,
+    normal with std 0.001 and zero bias, so the first logits are near 0 (loss ≈ log 2 per
+    pixel) whatever the scale of the dynamic-conv features feeding the head.
 
     Args:
         in_channels: channels of the mask feature (B for the dynamic conv fusions,
@@ -39,6 +41,7 @@ class MaskHead(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+        nn.init.normal_(self.layers.predictor.weight, std=0.001)
 
     def forward(self, mask_features: Tensor) -> Tensor:
         """``(N, C, K, K)`` mask features -> ``(N, 1, 2K, 2K)`` mask logits."""
