@@ -540,8 +540,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         max_iterations=args.max_iters,
         log_every=args.log_every,
     )
-    log.info("trained %d iterations in %.0f s (%.2f epochs)", stats.iterations, stats.seconds,
-             stats.epochs)
+    log.info(
+        "trained %d iterations in %.0f s (%.2f epochs)",
+        stats.iterations,
+        stats.seconds,
+        stats.epochs,
+    )
 
     start = time.perf_counter()
     metrics = evaluate(

@@ -7,7 +7,8 @@ transforms the three together, so boxes and masks stay aligned.
 
 Train: ``[RandomRelativeCrop → BoxesFromMasks] → ResizeShortestEdge(scales) →
 RandomHorizontalFlip → SanitizeBoundingBoxes → ToDtype(float32) → Normalize``.
-Test:  ``ResizeShortestEdge(test_scale) → SanitizeBoundingBoxes → ToDtype → Normalize``.
+Test:  ``ResizeShortestEdge(test_scale) → ToDtype → Normalize`` (targets optional: the same
+pipeline serves unlabelled images).
 
 The optional crop runs *before* the resize (as in detectron2), so the resized output
 still has its shorter side from ``scales``; after a crop the boxes are recomputed from
@@ -171,5 +172,5 @@ def build_test_transforms(
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
     """Evaluation pipeline: resize to shorter side ``scale`` (longer ≤ ``max_size``) → normalise."""
-    ops: list[v2.Transform] = [ResizeShortestEdge([scale], max_size), v2.SanitizeBoundingBoxes()]
+    ops: list[v2.Transform] = [ResizeShortestEdge([scale], max_size)]
     return v2.Compose(ops + _to_normalized_float(mean, std))

@@ -49,6 +49,10 @@ TABLES = {
         {"model.mask.sampling.target_box_probs": p}
         for p in [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.05, 0.05, 0.9]]
     ]),
+    "T11": ("test_scale", [
+        {"data.test_scale": t, "data.max_size": m}
+        for t, m in [(800, 1333), (600, 1000), (400, 667)]
+    ]),
 }  # fmt: skip
 
 
@@ -89,3 +93,10 @@ def test_other_overrides_compose_with_a_sweep(compose_cfg):
     cfg = compose_cfg(["ablation=iz_inputs", "experiment=shapes", "trainer.max_steps=20"])
     assert cfg.trainer.max_steps == 20 and cfg.model.backbone.name == "resnet18"
     assert len(sweep_jobs(cfg)) == 8
+
+
+def test_slurm_launcher_composes(compose_cfg):
+    cfg = compose_cfg(["ablation=iz_inputs", "hydra/launcher=slurm"])
+    launcher = cfg.hydra.launcher
+    assert "SlurmLauncher" in launcher._target_
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 8

@@ -59,7 +59,10 @@ def test_unknown_choice_is_a_clear_error(compose_cfg):
 def test_cli_prints_config_without_dataset(args, tmp_path):
     out = subprocess.run(
         [sys.executable, "train.py", *args, "--cfg", "job"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"POINTINS_DATA": str(tmp_path / "nothing-here"), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr

@@ -59,8 +59,11 @@ def hand_batch() -> Batch:
     masks[0][1, 10:20, 0:30] = 1
     masks[1][0, 5:25, 4:10] = 1
     targets = [
-        {"boxes": torch.tensor([[3.0, 2, 9, 8], [0, 10, 30, 20]]), "labels": torch.tensor([0, 7]),
-         "masks": masks[0]},
+        {
+            "boxes": torch.tensor([[3.0, 2, 9, 8], [0, 10, 30, 20]]),
+            "labels": torch.tensor([0, 7]),
+            "masks": masks[0],
+        },
         {"boxes": torch.tensor([[4.0, 5, 10, 25]]), "labels": torch.tensor([2]), "masks": masks[1]},
     ]
     return Batch(
@@ -203,8 +206,13 @@ def test_one_step_then_evaluation_gives_the_metrics(
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     shift = RESERVES_BACKGROUND[name]
     stats = train_for(
-        model, dm.train_dataloader(), optimizer, seconds=120, shift_labels=shift,
-        with_masks=name == "maskrcnn", max_iterations=1,
+        model,
+        dm.train_dataloader(),
+        optimizer,
+        seconds=120,
+        shift_labels=shift,
+        with_masks=name == "maskrcnn",
+        max_iterations=1,
     )
     assert stats.iterations == 1 and stats.images == 2 and math.isfinite(stats.last_loss)
     after = [p for p in model.parameters() if p.requires_grad]
@@ -219,9 +227,22 @@ def test_one_step_then_evaluation_gives_the_metrics(
 def test_cli_writes_metrics_and_result_line(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = main(
-        ["--model", "fcos", "--minutes", "1", "--max-iters", "2", "--log-every", "1",
-         "--max-val-batches", "1",
-         "--out", str(out), *TINY, f"paths.data_dir={data_dir}"]
+        [
+            "--model",
+            "fcos",
+            "--minutes",
+            "1",
+            "--max-iters",
+            "2",
+            "--log-every",
+            "1",
+            "--max-val-batches",
+            "1",
+            "--out",
+            str(out),
+            *TINY,
+            f"paths.data_dir={data_dir}",
+        ]
     )
     assert result["iterations"] == 2 and result["model"] == "torchvision-fcos"
     line = json.loads((out / "result.json").read_text())

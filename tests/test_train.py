@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 
 import eval as eval_entry
 import train as train_entry
-from datamodules.synthetic import CATEGORIES
+from datamodules.synthetic import CATEGORIES, generate_shapes
 
 # A model and data small enough to train a few steps on CPU in seconds.
 TINY = [
@@ -153,3 +153,29 @@ def test_predict_folder_writes_pictures_and_coco_results(run, compose_cfg, tmp_p
         height, width = mask_utils.decode(r["segmentation"]).shape
         x, y, w, h = r["bbox"]
         assert 0 <= x <= x + w <= width + 1e-3 and 0 <= y <= y + h <= height + 1e-3
+
+
+def test_cpu_recipe_trains_on_any_coco_folder(compose_cfg, tmp_path):
+    """experiment=shapes data=coco data.root=DIR: the small model on a user's COCO files."""
+    root = generate_shapes(tmp_path / "mine", num_train=8, num_val=2, seed=3)
+    overrides = [o for o in TINY if not o.startswith(("data.num_train", "data.num_val"))]
+    cfg = compose_cfg(
+        [
+            *overrides,
+            "data=coco",
+            f"data.root={root}",
+            "data.train_ann=annotations/instances_train.json",
+            "data.train_img_dir=images/train",
+            "data.val_ann=annotations/instances_val.json",
+            "data.val_img_dir=images/val",
+            "optim.max_epochs=1",
+        ]
+    )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg.hydra
+    metrics = train_entry.train(cfg)
+    assert "segm/AP" in metrics and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["hyper_parameters"]["category_ids"] == [c["id"] for c in CATEGORIES]

@@ -166,16 +166,19 @@ def test_sanitize_drops_degenerate_boxes_with_masks_and_labels() -> None:
         "labels": torch.tensor([5, 9, 7]),
     }
     image = tv_tensors.Image(torch.zeros((3, height, width), dtype=torch.uint8))
-    for transforms in (
-        build_test_transforms(100, max_size=1000),
-        build_train_transforms([100], max_size=1000, hflip_prob=0.0),
-    ):
-        _, out = transforms(image, target)
-        assert out["labels"].tolist() == [5, 7]
-        assert out["masks"].shape == (2, 100, 100)
-        expected = torch.tensor([[5.0, 2.5, 75.0, 50.0], [62.5, 75.0, 65.0, 97.5]])
-        torch.testing.assert_close(out["boxes"].as_subclass(Tensor), expected)
-        assert_boxes_fit_masks(out)
+    _, out = build_train_transforms([100], max_size=1000, hflip_prob=0.0)(image, target)
+    assert out["labels"].tolist() == [5, 7]
+    assert out["masks"].shape == (2, 100, 100)
+    expected = torch.tensor([[5.0, 2.5, 75.0, 50.0], [62.5, 75.0, 65.0, 97.5]])
+    torch.testing.assert_close(out["boxes"].as_subclass(Tensor), expected)
+    assert_boxes_fit_masks(out)
+
+
+def test_test_pipeline_takes_an_unlabelled_image() -> None:
+    # prediction on a user's folder has no targets: the test pipeline must not need them
+    image = tv_tensors.Image(torch.full((3, 200, 400), 128, dtype=torch.uint8))
+    out = build_test_transforms(100, max_size=1000)(image)
+    assert out.shape == (3, 100, 200) and out.dtype == torch.float32
 
 
 def test_sample_without_instances_passes() -> None:

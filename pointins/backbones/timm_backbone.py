@@ -68,8 +68,11 @@ class TimmBackbone(nn.Module):
         if weights_loaded:
             self._freeze(frozen_stages)
         elif frozen_stages >= 0:
-            log.info("backbone: random initialisation, so no stage is frozen "
-                     "(backbone.frozen_stages=%d applies to loaded weights)", frozen_stages)
+            log.info(
+                "backbone: random initialisation, so no stage is frozen "
+                "(backbone.frozen_stages=%d applies to loaded weights)",
+                frozen_stages,
+            )
         self.norm = norm
         self.out_channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
