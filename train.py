@@ -38,6 +38,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:  # the whole resolved config, not only the model's
         logger.log_hyperparams(resolved)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if not trainer.interrupted and model.validated_at_step != trainer.global_step:
+        # stopped between evaluations (trainer.max_steps, limit_train_batches): score the
+        # final weights, so every run leaves a metrics.json (sweep tables read it)
+        log.info("Evaluating the final weights (step %d)", trainer.global_step)
+        trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("Run directory: %s", cfg.paths.output_dir)
     return metrics

@@ -32,7 +32,8 @@ changes only what the comparison needs to be equal):
   ``model.detector.num_convs`` convs (torchvision's ``FCOSHead`` takes it).
 * RetinaNet: 9 anchors 4·s·2^{0,1/3,2/3} × ratios (0.5, 1, 2) per level (SPEC §2); the
   towers, fixed at 4 convs in torchvision, are cut to ``num_convs`` (slicing their
-  ``nn.Sequential``).
+  ``nn.Sequential``), with GroupNorm(32) when the recipe's ``model.detector.group_norm``
+  is set (``experiment=shapes``; torchvision's ``retinanet_resnet50_fpn_v2`` head).
 * Mask R-CNN on P3–P7 instead of its usual P2–P6: RPN anchors 4·s (32..512) × (0.5,1,2)
   on all five levels; RoIAlign (box 7×7, mask 14×14) over P3–P6 with torchvision's
   level mapper (level 4 at 224 px), so objects under 112 px pool from P3. The box head's
@@ -66,6 +67,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +208,11 @@ def build_retinanet(cfg: DictConfig, num_classes: int) -> RetinaNet:
         sizes=tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in backbone.strides),
         aspect_ratios=((0.5, 1.0, 2.0),) * len(backbone.strides),
     )
-    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes)
+    # GroupNorm(32) in the towers when the recipe's detector has it (torchvision's v2 head)
+    norm = partial(nn.GroupNorm, 32) if cfg.model.detector.get("group_norm") else None
+    head = RetinaNetHead(
+        backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm
+    )
     num_convs = _head_convs(cfg)
     head.classification_head.conv = head.classification_head.conv[:num_convs]
     head.regression_head.conv = head.regression_head.conv[:num_convs]

@@ -432,7 +432,7 @@ class CocoDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         train_keep_empty: bool = False,
-        size_divisibility: int = 128,
+        size_divisibility: int = 32,
         seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,

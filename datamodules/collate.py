@@ -57,7 +57,7 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int) -> Tensor:
 class Collate:
     """DataLoader ``collate_fn``: ``(image, target, meta)`` samples → :class:`Batch`."""
 
-    def __init__(self, size_divisibility: int = 128) -> None:
+    def __init__(self, size_divisibility: int = 32) -> None:
         if size_divisibility < 1:
             raise ValueError(f"size_divisibility must be >= 1, got {size_divisibility}")
         self.size_divisibility = size_divisibility

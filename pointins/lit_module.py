@@ -111,6 +111,7 @@ class PointINSModule(pl.LightningModule):
         if init_from is not None:
             self._init_from(init_from)
         self.evaluator = None
+        self.validated_at_step: int | None = None  # global step of the last evaluation
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -160,6 +161,7 @@ class PointINSModule(pl.LightningModule):
         self.evaluator = None
         if not self.trainer.sanity_checking:
             self.log_dict(metrics, sync_dist=False)
+            self.validated_at_step = self.global_step
 
     # ------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict:

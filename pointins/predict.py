@@ -102,7 +102,7 @@ def predict_images(
     category_ids: Sequence[int],
     batch_size: int = 4,
     draw_score_thresh: float = 0.3,
-    size_divisibility: int = 128,
+    size_divisibility: int = 32,
 ) -> Path:
     """Predict ``files`` in batches; write pictures and ``predictions.json``; return its path."""
     output_dir = Path(output_dir)

@@ -181,6 +181,9 @@ def test_models_follow_the_recipe(compose_cfg: Callable, data_dir: Path) -> None
     retina = build_model("retinanet", cfg, num_classes=8)
     assert retina.head.classification_head.num_classes == 8
     assert len(retina.head.classification_head.conv) == convs
+    # the recipe's tower normalisation (GroupNorm in experiment=shapes) is torchvision's too
+    has_gn = any(isinstance(m, torch.nn.GroupNorm) for m in retina.head.modules())
+    assert has_gn == bool(cfg.model.detector.group_norm)
     assert retina.anchor_generator.num_anchors_per_location() == [9] * 5
     octave = (32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3))
     assert retina.anchor_generator.sizes[0] == pytest.approx(octave)

@@ -1,0 +1,513 @@
+"""Speed and memory of PointINS against torchvision's Mask R-CNN (``make bench``).
+
+    python -m benchmarks.bench                                  # CPU, the embedded recipe
+    python -m benchmarks.bench --experiment none --size 800 --max-size 1333   # paper size
+    python -m benchmarks.bench --device cuda --amp              # + AMP rows on a GPU
+
+Every measurement runs in a fresh process (so the peak memory of one model does not
+hide in another's), on the same machine, with the same backbone, FPN width and input
+size, and a fixed number of detections per image (``--detections``, 100): the score
+thresholds are zero, so NMS and the mask branch see the same work in every model.
+Times are medians over ``--repeats`` runs after ``--warmup`` runs (CUDA: synchronised).
+
+Rows:
+
+* inference images/second and peak memory: PointINS-RetinaNet, PointINS-FCOS, the same
+  detectors with ``mask=none`` (their difference is the mask module's cost: template
+  gather, instance-aware weights, dynamic conv, mask head and paste), torchvision's Mask
+  R-CNN on our backbone and FPN (``benchmarks.torchvision_baseline.build_maskrcnn``:
+  width-matched) and the stock ``maskrcnn_resnet50_fpn`` built without weights;
+* training seconds/iteration and peak memory at the recipe's batch size, PointINS and
+  Mask R-CNN (width-matched), on one real batch of the embedded training data;
+* inference time against the number of detections (``--detection-counts``) and the
+  input size (``--scales``, T11's 400 / 600 / 800);
+* the training dataloader alone (default worker count), images/second;
+* peak memory of the evaluation loop (predict, RLE-encode, accumulate) over 50 and 500
+  embedded val images: streaming evaluation keeps it flat.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed runs; on CPU
+the growth of the process's peak resident set (``ru_maxrss``) over its value before the
+first run, i.e. the working memory of the measured loop (model weights excluded).
+
+The Markdown table goes to stdout and, with the raw numbers, to ``--out``
+(``outputs/bench/bench.json`` and ``bench.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+from benchmarks.torchvision_baseline import (
+    IdentityTransform,
+    compose_config,
+    rescale_predictions,
+    to_torchvision_images,
+    to_torchvision_targets,
+)
+from benchmarks.torchvision_baseline import build_model as build_torchvision
+from datamodules.collate import Batch
+from pointins.lit_module import build_model
+from pointins.runner import build_datamodule
+
+log = logging.getLogger("bench")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+POINTINS = ("pointins-retinanet", "pointins-fcos")
+DETECTORS = ("retinanet", "fcos")  # mask=none
+MASKRCNN = "maskrcnn"  # torchvision Mask R-CNN on our backbone + FPN (width-matched)
+MASKRCNN_STOCK = "maskrcnn_resnet50_fpn"  # torchvision's own R50-FPN-256, no weights
+
+
+# ------------------------------------------------------------------------- timing
+def _peak_rss_mib() -> float:
+    """Peak resident set of this process so far (Linux: KiB, macOS: bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median seconds of ``fn()`` over ``repeats`` after ``warmup`` calls, and the peak
+    memory (MiB) those calls needed."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _peak_rss_mib()
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base) / (1 << 20)
+    else:
+        peak = _peak_rss_mib() - base
+    return {"seconds": statistics.median(times), "peak_mib": peak, "times": times}
+
+
+# ------------------------------------------------------------------------- models
+def recipe(args: argparse.Namespace, extra: Sequence[str] = ()) -> DictConfig:
+    """The recipe's config at the benchmark's input size, zero score threshold."""
+    overrides = [
+        f"data.train_scales=[{args.size}]",
+        f"data.test_scale={args.size}",
+        f"data.max_size={args.max_size}",
+        "model.detector.score_thresh=0.0",
+        f"model.detector.detections_per_img={args.detections}",
+        *args.overrides,
+        *extra,
+    ]
+    return compose_config(overrides, experiment=args.experiment)
+
+
+#: config choices that make each benchmarked model
+MODEL_OVERRIDES = {
+    "pointins-retinanet": ["detector=retinanet"],
+    "pointins-fcos": ["detector=fcos"],
+    "retinanet": ["detector=retinanet", "mask=none"],
+    "fcos": ["detector=fcos", "mask=none"],
+}
+
+
+def build(name: str, cfg: DictConfig, num_classes: int, detections: int) -> nn.Module:
+    """One benchmarked model, randomly initialised, with ``detections`` per image
+    (``cfg`` composed with ``MODEL_OVERRIDES[name]``)."""
+    if name in MODEL_OVERRIDES:
+        return build_model(
+            cfg.model.backbone,
+            cfg.model.neck,
+            cfg.model.detector,
+            cfg.model.get("mask"),
+            num_classes,
+        )
+    if name == MASKRCNN:
+        model = build_torchvision("maskrcnn", cfg, num_classes)
+    elif name == MASKRCNN_STOCK:
+        model = maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=num_classes + 1
+        )
+        model.transform = IdentityTransform()
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    model.roi_heads.score_thresh = 0.0
+    model.roi_heads.detections_per_img = detections
+    return model
+
+
+def sample_batch(
+    cfg: DictConfig, train: bool, batch_size: int
+) -> tuple[Batch, list[str], list[int]]:
+    """One batch of the embedded data (train: with targets and augmentation)."""
+    dm = build_datamodule(cfg)
+    dm.setup("fit" if train else "validate")
+    dataset = dm.train_dataset if train else dm.val_dataset
+    samples = [dataset[i] for i in range(batch_size)]
+    return dm.collate(samples), dm.class_names, dm.label_to_cat_id
+
+
+def _is_torchvision(name: str) -> bool:
+    return name in (MASKRCNN, MASKRCNN_STOCK)
+
+
+def inference_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], list[dict]]:
+    """Images in, detections with masks pasted at the original resolution out."""
+    if _is_torchvision(name):
+        images = to_torchvision_images(batch)
+
+        def run() -> list[dict]:
+            preds = model(images)
+            return rescale_predictions(preds, batch.image_sizes, batch.orig_sizes, True)
+
+        return run
+    return lambda: model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
+
+
+def training_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], None]:
+    """One optimiser step (AdamW) on ``batch``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    if _is_torchvision(name):
+        images = to_torchvision_images(batch)
+        targets = to_torchvision_targets(batch, shift_labels=True, with_masks=True)
+
+        def losses() -> dict[str, Tensor]:
+            return model(images, targets)
+    else:
+
+        def losses() -> dict[str, Tensor]:
+            return model.losses(batch.images, batch.targets)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses().values()).backward()
+        optimizer.step()
+
+    return step
+
+
+# ------------------------------------------------------------------ one measurement
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """One measurement, in its own process (see :func:`in_fresh_process`)."""
+    logging.basicConfig(level=logging.WARNING)
+    args = argparse.Namespace(**case["args"])
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    kind = case["kind"]
+    model_choice = MODEL_OVERRIDES.get(case.get("model", ""), [])
+    cfg = recipe(args, [*model_choice, *case.get("overrides", [])])
+    if kind == "loader":
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        next(loader)  # workers started
+        start, images = time.perf_counter(), 0
+        for _ in range(args.loader_batches):
+            images += len(next(loader))
+        return {
+            "images_per_second": images / (time.perf_counter() - start),
+            "num_workers": dm.train_dataloader().num_workers,
+        }
+
+    train = kind == "train"
+    batch_size = int(cfg.data.batch_size) if train else args.batch_size
+    batch, class_names, _ = sample_batch(cfg, train, batch_size)
+    detections = case.get("detections", args.detections)
+    model = build(case["model"], cfg, len(class_names), detections).to(device)
+    batch = _to(batch, device)
+    if train:
+        model.train()
+        result = measure(
+            training_fn(case["model"], model, batch), device, args.warmup, args.train_repeats
+        )
+        result["images_per_second"] = batch_size / result["seconds"]
+        return result
+
+    model.eval()
+    run = inference_fn(case["model"], model, batch)
+    autocast = torch.autocast(device.type, enabled=case.get("amp", False))
+    with torch.no_grad(), autocast:
+        counts = [len(p["scores"]) for p in run()]
+        if kind == "eval_memory":
+            return eval_memory(case, args, cfg, model, device)
+        result = measure(run, device, args.warmup, args.repeats)
+    result["images_per_second"] = len(batch) / result["seconds"]
+    result["detections_per_image"] = sum(counts) / len(counts)
+    return result
+
+
+def eval_memory(case, args, cfg, model, device) -> dict[str, Any]:
+    """Peak memory of predict + RLE-encode + accumulate over ``case['images']`` images."""
+    dm = build_datamodule(cfg)
+    dm.setup("validate")
+    out_dir = Path(args.out) / "eval_memory"
+    evaluator = dm.build_evaluator(out_dir)
+    base = _peak_rss_mib() if device.type == "cpu" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seen = 0
+    for batch in dm.val_dataloader():
+        if seen >= case["images"]:
+            break
+        batch = _to(batch, device)
+        evaluator.update(
+            batch.image_ids, model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
+        )
+        seen += len(batch)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / (1 << 20)
+    else:
+        peak = _peak_rss_mib() - base
+    return {"images": seen, "peak_mib": peak}
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(
+        images=batch.images.to(device),
+        image_sizes=batch.image_sizes,
+        orig_sizes=batch.orig_sizes,
+        image_ids=batch.image_ids,
+        targets=[{k: v.to(device) for k, v in t.items()} for t in batch.targets],
+    )
+
+
+def in_fresh_process(case: dict[str, Any]) -> dict[str, Any]:
+    """``run_case(case)`` in a new (spawned) interpreter; its peak memory is its own."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_case, (case,))
+
+
+# ------------------------------------------------------------------------ the plan
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every measurement of one benchmark run, in order."""
+    cases: list[dict[str, Any]] = []
+    models = [*POINTINS, *DETECTORS, MASKRCNN]
+    if not args.skip_stock:
+        models.append(MASKRCNN_STOCK)
+    precisions = [False, True] if args.amp else [False]
+    for amp in precisions:
+        cases += [{"kind": "infer", "model": m, "amp": amp} for m in models]
+    cases += [{"kind": "train", "model": m} for m in (*POINTINS, MASKRCNN)]
+    for n in args.detection_counts:
+        cases += [
+            {"kind": "infer", "model": m, "detections": n, "table": "detections"}
+            for m in (*POINTINS, MASKRCNN)
+        ]
+    for s in args.scales:
+        overrides = [
+            f"data.test_scale={s}",
+            f"data.max_size={round(s * args.max_size / args.size)}",
+        ]
+        cases += [
+            {"kind": "infer", "model": m, "overrides": overrides, "scale": s, "table": "scales"}
+            for m in (*POINTINS, MASKRCNN)
+        ]
+    cases.append({"kind": "loader"})
+    cases += [
+        {
+            "kind": "eval_memory",
+            "model": "pointins-fcos",
+            "images": n,
+            "overrides": [
+                f"data.root={args.eval_data}",
+                "data.num_train=8",
+                f"data.num_val={max(args.eval_images)}",
+                "data.val_batch_size=1",
+            ],
+        }
+        for n in args.eval_images
+    ]
+    return cases
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
+    """The Markdown tables of one run."""
+
+    def find(**kw) -> dict | None:
+        for case, res in results:
+            if all(case.get(k) == v for k, v in kw.items()) and "table" not in case:
+                return res
+        return None
+
+    ref = {amp: find(kind="infer", model=MASKRCNN, amp=amp) for amp in (False, True)}
+    lines = [
+        f"Machine: {machine()}; torch {torch.__version__}; device {args.device}; "
+        f"input {args.size} (max {args.max_size}), batch {args.batch_size}, "
+        f"{args.detections} detections/image; medians of {args.repeats} after {args.warmup} "
+        "warm-up runs.",
+        "",
+        "| model | precision | images/s | × Mask R-CNN | peak MiB | detections/img |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for case, res in results:
+        if case["kind"] != "infer" or "table" in case:
+            continue
+        base = ref[case.get("amp", False)]
+        ratio = res["images_per_second"] / base["images_per_second"] if base else float("nan")
+        lines.append(
+            f"| {case['model']} | {'amp' if case.get('amp') else 'fp32'} "
+            f"| {res['images_per_second']:.2f} | {ratio:.2f} | {res['peak_mib']:.0f} "
+            f"| {res['detections_per_image']:.0f} |"
+        )
+    lines += ["", "Mask module share of PointINS inference (1 − t(mask=none) / t(PointINS)):", ""]
+    for det in DETECTORS:
+        full, plain = (
+            find(kind="infer", model=f"pointins-{det}", amp=False),
+            find(kind="infer", model=det, amp=False),
+        )
+        if full and plain:
+            share = 1 - plain["seconds"] / full["seconds"]
+            lines.append(f"- PointINS-{det}: {100 * share:.1f} %")
+    train_ref = find(kind="train", model=MASKRCNN)
+    lines += ["", "| training | s/iter | × Mask R-CNN (speed) | peak MiB |", "|---|---:|---:|---:|"]
+    for case, res in results:
+        if case["kind"] == "train":
+            lines.append(
+                f"| {case['model']} | {res['seconds']:.3f} "
+                f"| {train_ref['seconds'] / res['seconds']:.2f} | {res['peak_mib']:.0f} |"
+            )
+    for table, key, label in (
+        ("detections", "detections", "detections/img"),
+        ("scales", "scale", "input size"),
+    ):
+        values = sorted({c[key] for c, _ in results if c.get("table") == table})
+        models = [m for m in (*POINTINS, MASKRCNN)]
+        lines += [
+            "",
+            f"| ms/image vs {label} | " + " | ".join(map(str, values)) + " |",
+            "|---|" + "---:|" * len(values),
+        ]
+        for m in models:
+            cells = []
+            for v in values:
+                res = next(
+                    (
+                        r
+                        for c, r in results
+                        if c.get("table") == table and c["model"] == m and c[key] == v
+                    ),
+                    None,
+                )
+                cells.append(f"{1000 / res['images_per_second']:.0f}" if res else "–")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    loader = find(kind="loader")
+    train_fcos = find(kind="train", model="pointins-fcos")
+    if loader and train_fcos:
+        lines += [
+            "",
+            f"Training dataloader alone ({loader['num_workers']} workers): "
+            f"{loader['images_per_second']:.1f} images/s; PointINS-FCOS training step: "
+            f"{train_fcos['images_per_second']:.1f} images/s.",
+        ]
+    mems = [(c["images"], r) for c, r in results if c["kind"] == "eval_memory"]
+    if mems:
+        lines += [
+            "",
+            "Evaluation loop peak memory: "
+            + ", ".join(f"{r['images']} images {r['peak_mib']:.0f} MiB" for _, r in mems),
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", default="shapes", help="experiment config ('none': paper)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=320, help="shorter side of the input")
+    p.add_argument("--max-size", type=int, default=576, help="longest side of the input")
+    p.add_argument("--batch-size", type=int, default=1, help="images per inference call")
+    p.add_argument("--detections", type=int, default=100)
+    p.add_argument("--detection-counts", type=int, nargs="*", default=[10, 50, 100])
+    p.add_argument("--scales", type=int, nargs="*", default=[400, 600, 800])
+    p.add_argument("--eval-images", type=int, nargs="*", default=[50, 500])
+    p.add_argument("--eval-data", default=str(ROOT / "outputs" / "bench" / "shapes_eval"))
+    p.add_argument("--loader-batches", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--train-repeats", type=int, default=5)
+    p.add_argument("--amp", action="store_true", help="also time autocast (CUDA)")
+    p.add_argument("--skip-stock", action="store_true", help="no maskrcnn_resnet50_fpn row")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    p.add_argument("--out", default=str(ROOT / "outputs" / "bench"))
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe")
+    args = p.parse_args(argv)
+    if args.experiment == "none":
+        args.experiment = None
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    results = []
+    cases = plan(args)
+    for i, case in enumerate(cases, 1):
+        case = {**case, "args": vars(args)}
+        result = in_fresh_process(case)
+        shown = {k: round(v, 3) for k, v in result.items() if isinstance(v, float)}
+        log.info(
+            "[%d/%d] %s %s",
+            i,
+            len(cases),
+            " ".join(
+                f"{k}={case[k]}"
+                for k in ("kind", "model", "amp", "detections", "scale", "images")
+                if k in case
+            ),
+            shown,
+        )
+        results.append(({k: v for k, v in case.items() if k != "args"}, result))
+    table = report(args, results)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(table + "\n")
+    (out / "bench.json").write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "args": vars(args),
+                "results": [{"case": c, "result": r} for c, r in results],
+            },
+            indent=1,
+        )
+    )
+    log.info("wrote %s and %s", out / "bench.md", out / "bench.json")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``make bench``: the benchmark measures what it says, end to end on a tiny setting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import bench
+
+TINY = [
+    "--size",
+    "96",
+    "--max-size",
+    "128",
+    "--detections",
+    "20",
+    "--detection-counts",
+    "5",
+    "--scales",
+    "96",
+    "--eval-images",
+    "2",
+    "4",
+    "--loader-batches",
+    "2",
+    "--warmup",
+    "0",
+    "--repeats",
+    "1",
+    "--train-repeats",
+    "1",
+    "--skip-stock",
+    "data.batch_size=2",
+    "data.num_workers=0",
+]
+
+
+def test_measure_reports_the_median_and_counts_every_call() -> None:
+    calls = []
+    result = bench.measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
+    assert len(calls) == 7 and len(result["times"]) == 5
+    assert result["seconds"] == sorted(result["times"])[2]
+
+
+@pytest.mark.slow
+def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
+    data = tmp_path / "data"
+    results = bench.main(
+        [
+            *TINY,
+            "--out",
+            str(tmp_path / "bench"),
+            "--eval-data",
+            str(tmp_path / "eval"),
+            f"paths.data_dir={data}",
+        ]
+    )
+    kinds = [case["kind"] for case, _ in results]
+    assert kinds.count("infer") == 5 + 3 + 3 and kinds.count("train") == 3
+    for case, result in results:
+        if case["kind"] == "infer":
+            # the fixed detection count is what every model is timed with
+            assert result["detections_per_image"] == case.get("detections", 20), case
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| pointins-fcos | fp32 |" in table and "Mask module share" in table
+    saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert len(saved["results"]) == len(results)
