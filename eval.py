@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from datamodules.transforms import build_test_transforms
 from pointins.lit_module import PointINSModule
+from pointins.loggers import finish_runs
 from pointins.predict import list_images, predict_images
 from pointins.runner import build_datamodule, build_trainer
 
@@ -49,7 +50,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     model = load_checkpoint(cfg.ckpt_path, datamodule.class_names)
     trainer = build_trainer(cfg)
-    trainer.validate(model, datamodule=datamodule)
+    try:
+        trainer.validate(model, datamodule=datamodule)
+    finally:
+        finish_runs(trainer.loggers)  # each job of `eval.py -m` writes its own W&B run
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("Metrics written to %s", Path(cfg.paths.output_dir) / "metrics.json")
     return metrics

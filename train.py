@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pointins.loggers import finish_runs
 from pointins.runner import build_datamodule, build_trainer
 
 log = logging.getLogger("train")
@@ -35,14 +36,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
-    for logger in trainer.loggers:  # the whole resolved config, not only the model's
-        logger.log_hyperparams(resolved)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if not trainer.interrupted and model.validated_at_step != trainer.global_step:
-        # stopped between evaluations (trainer.max_steps, limit_train_batches): score the
-        # final weights, so every run leaves a metrics.json (sweep tables read it)
-        log.info("Evaluating the final weights (step %d)", trainer.global_step)
-        trainer.validate(model, datamodule=datamodule, verbose=False)
+    try:
+        for logger in trainer.loggers:  # the whole resolved config, not only the model's
+            logger.log_hyperparams(resolved)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if not trainer.interrupted and model.validated_at_step != trainer.global_step:
+            # stopped between evaluations (trainer.max_steps, limit_train_batches): score the
+            # final weights, so every run leaves a metrics.json (sweep tables read it)
+            log.info("Evaluating the final weights (step %d)", trainer.global_step)
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+    finally:
+        finish_runs(trainer.loggers)  # each job of a multirun writes its own W&B run
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("Run directory: %s", cfg.paths.output_dir)
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -46,3 +47,12 @@ def wandb_logger(offline: bool | str = "auto", **kwargs) -> WandbLogger:
     if not kwargs.get("name"):
         kwargs["name"] = None  # W&B picks a name (a run without overrides has "")
     return WandbLogger(offline=offline, **kwargs)
+
+
+def finish_runs(loggers: Iterable[object]) -> None:
+    """End the W&B run of each :class:`WandbLogger` that started one. Lightning leaves it
+    open, and the next job of a multirun (same process) would log into it instead of
+    writing its own run."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()

@@ -8,6 +8,7 @@ resolved values and the model built from them are checked row by row.
 from __future__ import annotations
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from pointins.lit_module import build_model
@@ -100,3 +101,12 @@ def test_slurm_launcher_composes(compose_cfg):
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_
     assert launcher.tasks_per_node == launcher.gpus_per_node == 8
+
+
+def test_sweep_directory_resolves_before_hydra_runtime(compose_cfg) -> None:
+    # Hydra resolves hydra.sweep.dir before it sets its runtime config: a ${hydra:...}
+    # interpolation there (directly or through paths.*) makes every `-m` launch fail
+    cfg = compose_cfg(["ablation=iz_inputs", "experiment=shapes"])
+    HydraConfig.instance().cfg = None  # as at multirun launch time
+    sweep_dir = OmegaConf.select(cfg, "hydra.sweep.dir", throw_on_resolution_failure=True)
+    assert sweep_dir.startswith("multirun/ablation_iz_inputs/")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pointins.loggers import wandb_logged_in, wandb_logger
+from pointins.loggers import finish_runs, wandb_logged_in, wandb_logger
 
 
 @pytest.fixture
@@ -36,3 +36,13 @@ def test_auto_is_offline_without_login(no_credentials, tmp_path):
 def test_bad_offline_value_names_the_option():
     with pytest.raises(ValueError, match="logger.wandb.offline"):
         wandb_logger(offline="sometimes")
+
+
+def test_each_job_of_a_multirun_writes_its_own_offline_run(no_credentials, tmp_path):
+    # jobs of a multirun share one process: without finishing, job 2 logs into job 1's run
+    for job in ("job0", "job1"):
+        logger = wandb_logger(offline="auto", project="p", save_dir=str(tmp_path / job))
+        logger.log_metrics({"segm/AP": 1.0})
+        finish_runs([logger])
+    for job in ("job0", "job1"):
+        assert len(list((tmp_path / job / "wandb").glob("offline-run-*"))) == 1, job
