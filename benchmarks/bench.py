@@ -45,11 +45,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -82,33 +83,62 @@ def _peak_rss_mib() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
+def _rss_mib() -> float:
+    """Resident set now (Linux ``/proc``; elsewhere the peak so far, a lower bound of growth)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return _peak_rss_mib()
+    return pages * resource.getpagesize() / (1 << 20)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+class PeakMemory:
+    """Memory a block needs beyond what was allocated when it began (MiB): CUDA's peak
+    allocation, or on CPU the process's peak resident set over its resident set at entry."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mib = float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device) / (1 << 20)
+        else:
+            self._base = _rss_mib()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / (1 << 20) - self._base
+        else:
+            self.mib = _peak_rss_mib() - self._base
+
+
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median seconds of ``fn()`` over ``repeats`` after ``warmup`` calls, and the peak
-    memory (MiB) those calls needed."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = _peak_rss_mib()
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
+    """Median seconds of ``fn()`` over ``repeats`` after ``warmup`` calls, the peak memory
+    (MiB) those calls needed, and the last call's output."""
+    with PeakMemory(device) as memory:
+        for _ in range(warmup):
+            fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / (1 << 20)
-    else:
-        peak = _peak_rss_mib() - base
-    return {"seconds": statistics.median(times), "peak_mib": peak, "times": times}
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            output = fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return {
+        "seconds": statistics.median(times),
+        "peak_mib": memory.mib,
+        "times": times,
+        "output": output,
+    }
 
 
 # ------------------------------------------------------------------------- models
@@ -139,12 +169,9 @@ def build(name: str, cfg: DictConfig, num_classes: int, detections: int) -> nn.M
     """One benchmarked model, randomly initialised, with ``detections`` per image
     (``cfg`` composed with ``MODEL_OVERRIDES[name]``)."""
     if name in MODEL_OVERRIDES:
+        parts = OmegaConf.to_container(cfg.model, resolve=True)
         return build_model(
-            cfg.model.backbone,
-            cfg.model.neck,
-            cfg.model.detector,
-            cfg.model.get("mask"),
-            num_classes,
+            parts["backbone"], parts["neck"], parts["detector"], parts.get("mask"), num_classes
         )
     if name == MASKRCNN:
         model = build_torchvision("maskrcnn", cfg, num_classes)
@@ -222,7 +249,15 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(args.device)
     kind = case["kind"]
     model_choice = MODEL_OVERRIDES.get(case.get("model", ""), [])
-    cfg = recipe(args, [*model_choice, *case.get("overrides", [])])
+    detections = case.get("detections", args.detections)
+    cfg = recipe(
+        args,
+        [
+            *model_choice,
+            *case.get("overrides", []),
+            f"model.detector.detections_per_img={detections}",
+        ],
+    )
     if kind == "loader":
         dm = build_datamodule(cfg)
         dm.setup("fit")
@@ -239,7 +274,6 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     train = kind == "train"
     batch_size = int(cfg.data.batch_size) if train else args.batch_size
     batch, class_names, _ = sample_batch(cfg, train, batch_size)
-    detections = case.get("detections", args.detections)
     model = build(case["model"], cfg, len(class_names), detections).to(device)
     batch = _to(batch, device)
     if train:
@@ -247,6 +281,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         result = measure(
             training_fn(case["model"], model, batch), device, args.warmup, args.train_repeats
         )
+        del result["output"]
         result["images_per_second"] = batch_size / result["seconds"]
         return result
 
@@ -254,10 +289,10 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     run = inference_fn(case["model"], model, batch)
     autocast = torch.autocast(device.type, enabled=case.get("amp", False))
     with torch.no_grad(), autocast:
-        counts = [len(p["scores"]) for p in run()]
         if kind == "eval_memory":
             return eval_memory(case, args, cfg, model, device)
         result = measure(run, device, args.warmup, args.repeats)
+    counts = [len(p["scores"]) for p in result.pop("output")]
     result["images_per_second"] = len(batch) / result["seconds"]
     result["detections_per_image"] = sum(counts) / len(counts)
     return result
@@ -269,22 +304,16 @@ def eval_memory(case, args, cfg, model, device) -> dict[str, Any]:
     dm.setup("validate")
     out_dir = Path(args.out) / "eval_memory"
     evaluator = dm.build_evaluator(out_dir)
-    base = _peak_rss_mib() if device.type == "cpu" else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     seen = 0
-    for batch in dm.val_dataloader():
-        if seen >= case["images"]:
-            break
-        batch = _to(batch, device)
-        evaluator.update(
-            batch.image_ids, model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
-        )
-        seen += len(batch)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / (1 << 20)
-    else:
-        peak = _peak_rss_mib() - base
+    with PeakMemory(device) as memory:
+        for batch in dm.val_dataloader():
+            if seen >= case["images"]:
+                break
+            batch = _to(batch, device)
+            predictions = model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
+            evaluator.update(batch.image_ids, predictions)
+            seen += len(batch)
+    peak = memory.mib
     return {"images": seen, "peak_mib": peak}
 
 
@@ -300,8 +329,9 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 def in_fresh_process(case: dict[str, Any]) -> dict[str, Any]:
     """``run_case(case)`` in a new (spawned) interpreter; its peak memory is its own."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_case, (case,))
+    # an executor's workers are not daemons, so a case may start DataLoader workers
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(run_case, case).result()
 
 
 # ------------------------------------------------------------------------ the plan
