@@ -25,9 +25,10 @@ Rows:
 * peak memory of the evaluation loop (predict, RLE-encode, accumulate) over 50 and 500
   embedded val images: streaming evaluation keeps it flat.
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed runs; on CPU
-the growth of the process's peak resident set (``ru_maxrss``) over its value before the
-first run, i.e. the working memory of the measured loop (model weights excluded).
+Peak memory (:class:`PeakMemory`): on CUDA ``torch.cuda.max_memory_allocated`` during the
+measured calls minus what was allocated before them; on CPU the process's peak resident
+set (``ru_maxrss``) minus its resident set before them. Either way the working memory of
+the measured loop, model weights excluded.
 
 The Markdown table goes to stdout and, with the raw numbers, to ``--out``
 (``outputs/bench/bench.json`` and ``bench.md``).
@@ -187,15 +188,13 @@ def build(name: str, cfg: DictConfig, num_classes: int, detections: int) -> nn.M
     return model
 
 
-def sample_batch(
-    cfg: DictConfig, train: bool, batch_size: int
-) -> tuple[Batch, list[str], list[int]]:
+def sample_batch(cfg: DictConfig, train: bool, batch_size: int) -> tuple[Batch, list[str]]:
     """One batch of the embedded data (train: with targets and augmentation)."""
     dm = build_datamodule(cfg)
     dm.setup("fit" if train else "validate")
     dataset = dm.train_dataset if train else dm.val_dataset
     samples = [dataset[i] for i in range(batch_size)]
-    return dm.collate(samples), dm.class_names, dm.label_to_cat_id
+    return dm.collate(samples), dm.class_names
 
 
 def _is_torchvision(name: str) -> bool:
@@ -273,7 +272,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
     train = kind == "train"
     batch_size = int(cfg.data.batch_size) if train else args.batch_size
-    batch, class_names, _ = sample_batch(cfg, train, batch_size)
+    batch, class_names = sample_batch(cfg, train, batch_size)
     model = build(case["model"], cfg, len(class_names), detections).to(device)
     batch = _to(batch, device)
     if train:
