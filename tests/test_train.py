@@ -72,6 +72,14 @@ def test_run_directory_has_metrics_and_checkpoints(run):
     assert (out / "bbox.json").is_file() and (out / "segm.json").is_file()
 
 
+def test_run_stopped_between_evaluations_scores_its_final_weights(run):
+    # a sweep row stopped by trainer.max_steps before the scheduled evaluation must still
+    # leave a metrics.json (the table command reads it)
+    _, metrics, out = run("max_steps", ["trainer.max_steps=2", "trainer.check_val_every_n_epoch=5"])
+    assert "segm/AP" in metrics
+    assert "segm/AP" in json.loads((out / "metrics.json").read_text())
+
+
 def test_eval_reproduces_the_final_validation(run, compose_cfg, tmp_path):
     # score threshold 0: even a barely trained model then predicts, so there is a lot to compare
     _, metrics, out = run("trained", ["model.detector.score_thresh=0.0"])
