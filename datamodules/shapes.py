@@ -1,7 +1,9 @@
-"""The embedded dataset as a datamodule: generated on first use, then read as COCO."""
+"""The embedded dataset as a datamodule: generated on first use, then read as COCO (or in
+Cityscapes' layout, scored by the official Cityscapes script)."""
 
 from __future__ import annotations
 
+from datamodules.cityscapes import CityscapesDataModule
 from datamodules.coco import CocoDataModule
 from datamodules.synthetic import generate_shapes
 
@@ -23,3 +25,22 @@ class ShapesDataModule(CocoDataModule):
 
     def prepare_data(self) -> None:
         generate_shapes(self.root, self.num_train, self.num_val, self.generator_seed)
+
+
+class ShapesCityscapesDataModule(CityscapesDataModule):
+    """A :class:`CityscapesDataModule` over the same generated scenes in Cityscapes' layout
+    (shape classes mapped onto the 8 thing classes, see ``datamodules.synthetic_cityscapes``),
+    so that training is scored by the official Cityscapes script with no download."""
+
+    def __init__(
+        self, *args, num_train: int = 1000, num_val: int = 200, generator_seed: int = 0, **kwargs
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_train = num_train
+        self.num_val = num_val
+        self.generator_seed = generator_seed
+
+    def prepare_data(self) -> None:
+        generate_shapes(
+            self.root, self.num_train, self.num_val, self.generator_seed, layout="cityscapes"
+        )

@@ -32,7 +32,11 @@ image (``iter_scenes``). ``generate_shapes`` writes the COCO layout::
     root/annotations/instances_val.json
     root/.complete                              written last: generator version + arguments
 
-CLI: ``python -m datamodules.synthetic --root DIR [--num-train N --num-val N --seed S]``.
+``layout="cityscapes"`` writes the same scenes in Cityscapes' layout instead (leftImg8bit/,
+gtFine/ instance-id PNGs and polygons; see ``datamodules.synthetic_cityscapes``).
+
+CLI: ``python -m datamodules.synthetic --root DIR [--num-train N --num-val N --seed S]
+[--layout cityscapes]``.
 """
 
 from __future__ import annotations
@@ -713,6 +717,7 @@ def generate_shapes(
     num_val: int = 200,
     seed: int = 0,
     workers: int | None = None,
+    layout: str = "coco",
 ) -> Path:
     """Write (or reuse) the synthetic COCO dataset at ``root``; returns ``root``.
 
@@ -723,12 +728,17 @@ def generate_shapes(
 
     workers: processes rendering images (0: in this process; None: by size and CPU count).
     The files are byte-identical whatever the number of workers.
+    layout: ``coco``, or ``cityscapes`` for the same scenes in Cityscapes' layout.
     """
+    if layout not in ("coco", "cityscapes"):
+        raise ValueError(f"generate_shapes: layout must be 'coco' or 'cityscapes', got {layout!r}")
     root = Path(root)
     for name, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"generate_shapes: {name} must be a non-negative int, got {value!r}")
     marker = _marker(num_train, num_val, seed)
+    if layout != "coco":  # COCO folders written before layouts existed stay valid
+        marker["layout"] = layout
     if _is_complete(root, marker):
         return root
     if workers is None:
@@ -740,9 +750,16 @@ def generate_shapes(
     try:
         imap = partial(pool.imap, chunksize=4) if pool is not None else map
         tmp.mkdir()
-        train = _write_split(tmp, "train", num_train, seed, 1, 1, imap)
-        val_first_ann = train["instances"] + train["crowd"] + 1
-        _write_split(tmp, "val", num_val, seed, num_train + 1, val_first_ann, imap)
+        if layout == "cityscapes":
+            # imported here: that module builds on this one
+            from datamodules.synthetic_cityscapes import write_cityscapes_split
+
+            write_cityscapes_split(tmp, "train", num_train, seed, imap)
+            write_cityscapes_split(tmp, "val", num_val, seed, imap)
+        else:
+            train = _write_split(tmp, "train", num_train, seed, 1, 1, imap)
+            val_first_ann = train["instances"] + train["crowd"] + 1
+            _write_split(tmp, "val", num_val, seed, num_train + 1, val_first_ann, imap)
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True))
         if root.is_dir() and not any(root.iterdir()):
             root.rmdir()
@@ -773,8 +790,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="0: no worker processes")
+    parser.add_argument("--layout", choices=("coco", "cityscapes"), default="coco")
     args = parser.parse_args(argv)
-    root = generate_shapes(args.root, args.num_train, args.num_val, args.seed, args.workers)
+    root = generate_shapes(
+        args.root, args.num_train, args.num_val, args.seed, args.workers, args.layout
+    )
+    if args.layout == "cityscapes":
+        print(
+            f"synthetic shapes in the Cityscapes layout at {root} (classes: see "
+            "datamodules/synthetic_cityscapes.py)"
+        )
+        return
     print(
         f"synthetic shapes at {root} ({len(CATEGORIES)} classes, ids "
         f"{[c['id'] for c in CATEGORIES]})"
