@@ -33,7 +33,10 @@ def load_checkpoint(path: str, class_names: list[str] | None = None) -> PointINS
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"ckpt_path={str(file)!r} does not exist")
-    model = PointINSModule.load_from_checkpoint(file, map_location="cpu", weights_only=False)
+    # init_from=None: the checkpoint has the weights; its init file need not exist any more
+    model = PointINSModule.load_from_checkpoint(
+        file, map_location="cpu", weights_only=False, init_from=None
+    )
     if class_names is not None and list(model.class_names) != list(class_names):
         raise ValueError(
             f"Checkpoint {file} was trained on {len(model.class_names)} classes "

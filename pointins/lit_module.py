@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from pointins.checkpoints import init_from_checkpoint
 from pointins.model import MaskSampling, PointINS
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class PointINSModule(pl.LightningModule):
             det_weight,
         )
         if init_from is not None:
-            self._init_from(init_from)
+            init_from_checkpoint(self, init_from)  # logs what was loaded and re-initialised
         self.evaluator = None
         self.validated_at_step: int | None = None  # global step of the last evaluation
 
@@ -179,30 +180,3 @@ class PointINSModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-    # -------------------------------------------------------------------- utils
-    def _init_from(self, path: str) -> None:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise FileNotFoundError(f"model.init_from={str(file)!r} does not exist")
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        own = self.state_dict()
-        loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        skipped = sorted(set(state) - set(loaded))
-        self.load_state_dict(loaded, strict=False)
-        log.info(
-            "init_from %s: loaded %d tensors, skipped %d: %s",
-            file,
-            len(loaded),
-            len(skipped),
-            skipped,
-        )
-        missing = sorted(set(own) - set(loaded))
-        if missing:
-            log.info(
-                "init_from %s: %d tensors keep their initialisation: %s",
-                file,
-                len(missing),
-                missing,
-            )
