@@ -231,7 +231,7 @@ def training_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], None]
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        sum(losses().values()).backward()
+        sum(loss.float() for loss in losses().values()).backward()
         optimizer.step()
 
     return step
@@ -275,18 +275,22 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     batch, class_names = sample_batch(cfg, train, batch_size)
     model = build(case["model"], cfg, len(class_names), detections).to(device)
     batch = _to(batch, device)
+    autocast = torch.autocast(device.type, enabled=case.get("amp", False))
     if train:
         model.train()
-        result = measure(
-            training_fn(case["model"], model, batch), device, args.warmup, args.train_repeats
-        )
+        step = training_fn(case["model"], model, batch)
+
+        def autocast_step() -> None:
+            with autocast:
+                step()
+
+        result = measure(autocast_step, device, args.warmup, args.train_repeats)
         del result["output"]
         result["images_per_second"] = batch_size / result["seconds"]
         return result
 
     model.eval()
     run = inference_fn(case["model"], model, batch)
-    autocast = torch.autocast(device.type, enabled=case.get("amp", False))
     with torch.no_grad(), autocast:
         if kind == "eval_memory":
             return eval_memory(case, args, cfg, model, device)
@@ -343,7 +347,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     precisions = [False, True] if args.amp else [False]
     for amp in precisions:
         cases += [{"kind": "infer", "model": m, "amp": amp} for m in models]
-    cases += [{"kind": "train", "model": m} for m in (*POINTINS, MASKRCNN)]
+    for amp in precisions:
+        cases += [{"kind": "train", "model": m, "amp": amp} for m in (*POINTINS, MASKRCNN)]
     for n in args.detection_counts:
         cases += [
             {"kind": "infer", "model": m, "detections": n, "table": "detections"}
@@ -392,6 +397,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         return None
 
     ref = {amp: find(kind="infer", model=MASKRCNN, amp=amp) for amp in (False, True)}
+    amp_dtype = "fp16" if args.device == "cuda" else "bf16"
+    precision = {False: "fp32", True: f"{amp_dtype} autocast"}
     lines = [
         f"Machine: {machine()}; torch {torch.__version__}; device {args.device}; "
         f"input {args.size} (max {args.max_size}), batch {args.batch_size}, "
@@ -407,7 +414,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         base = ref[case.get("amp", False)]
         ratio = res["images_per_second"] / base["images_per_second"] if base else float("nan")
         lines.append(
-            f"| {case['model']} | {'amp' if case.get('amp') else 'fp32'} "
+            f"| {case['model']} | {precision[case.get('amp', False)]} "
             f"| {res['images_per_second']:.2f} | {ratio:.2f} | {res['peak_mib']:.0f} "
             f"| {res['detections_per_image']:.0f} |"
         )
@@ -420,13 +427,19 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         if full and plain:
             share = 1 - plain["seconds"] / full["seconds"]
             lines.append(f"- PointINS-{det}: {100 * share:.1f} %")
-    train_ref = find(kind="train", model=MASKRCNN)
-    lines += ["", "| training | s/iter | × Mask R-CNN (speed) | peak MiB |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| training | precision | s/iter | × Mask R-CNN (speed) | peak MiB | × Mask R-CNN (mem) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for case, res in results:
         if case["kind"] == "train":
+            amp = case.get("amp", False)
+            base = find(kind="train", model=MASKRCNN, amp=amp)
             lines.append(
-                f"| {case['model']} | {res['seconds']:.3f} "
-                f"| {train_ref['seconds'] / res['seconds']:.2f} | {res['peak_mib']:.0f} |"
+                f"| {case['model']} | {precision[amp]} | {res['seconds']:.3f} "
+                f"| {base['seconds'] / res['seconds']:.2f} | {res['peak_mib']:.0f} "
+                f"| {res['peak_mib'] / base['peak_mib']:.2f} |"
             )
     for table, key, label in (
         ("detections", "detections", "detections/img"),
@@ -453,7 +466,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                 cells.append(f"{1000 / res['images_per_second']:.0f}" if res else "–")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     loader = find(kind="loader")
-    train_fcos = find(kind="train", model="pointins-fcos")
+    train_fcos = find(kind="train", model="pointins-fcos", amp=False)
     if loader and train_fcos:
         lines += [
             "",
@@ -487,7 +500,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--train-repeats", type=int, default=5)
-    p.add_argument("--amp", action="store_true", help="also time autocast (CUDA)")
+    p.add_argument("--amp", action="store_true", help="also autocast (CUDA fp16, CPU bf16)")
     p.add_argument("--skip-stock", action="store_true", help="no maskrcnn_resnet50_fpn row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench"))

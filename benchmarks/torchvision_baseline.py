@@ -49,6 +49,9 @@ changes only what the comparison needs to be equal):
   (``experiment=shapes``: 10/14 and 13/14; the 1x recipes: 8/12 and 11/12), or 0.7 and
   0.9 when the recipe counts steps; ``--decay-at`` overrides. Gradient clipping as
   ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm``.
+* Precision: ``trainer.precision`` as Lightning runs it: ``bf16-mixed`` trains and
+  evaluates under ``torch.autocast(dtype=bfloat16)`` (``experiment=shapes`` resolves
+  ``${fastest_precision:}`` to it on CPUs with native bfloat16), ``32-true`` in fp32.
 * The budget counts the training loop only (data loading included); building the
   model and the final evaluation are outside it. Training stops after the first
   iteration that ends past the budget, so ``seconds`` in ``result.json`` may exceed it
@@ -59,6 +62,7 @@ changes only what the comparison needs to be equal):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -362,6 +366,7 @@ def train_for(
     clip_algorithm: str = "norm",
     max_iterations: int | None = None,
     log_every: int = 50,
+    precision: str = "32-true",
 ) -> TrainStats:
     """Train until ``seconds`` of wall clock (data loading included) have passed, or
     ``max_iterations``; epochs repeat as needed (the sampler's ``set_epoch`` is called)."""
@@ -383,8 +388,9 @@ def train_for(
                 for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                     group["lr"] = lr * factor
             targets = to_torchvision_targets(batch, shift_labels, with_masks)
-            losses = model(to_torchvision_images(batch), targets)
-            loss = sum(losses.values())
+            with autocast_for(precision):
+                losses = model(to_torchvision_images(batch), targets)
+            loss = sum(loss.float() for loss in losses.values())
             if not torch.isfinite(loss):
                 terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                 raise FloatingPointError(
@@ -418,6 +424,24 @@ def train_for(
     return TrainStats(iterations, elapsed, images, epochs, loss_value)
 
 
+def _fp32(x: Tensor) -> Tensor:
+    return x.float() if x.is_floating_point() else x
+
+
+def autocast_for(precision: str | int) -> contextlib.AbstractContextManager:
+    """The autocast Lightning wraps training and evaluation steps in for ``precision``
+    (on the CPU; the baselines run there)."""
+    precision = str(precision)
+    if precision in ("32-true", "32"):
+        return contextlib.nullcontext()
+    if precision in ("bf16-mixed", "bf16"):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    raise ValueError(
+        f"trainer.precision={precision!r}: the torchvision baselines run on the CPU in "
+        "32-true or bf16-mixed; pass one of those"
+    )
+
+
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(
@@ -426,6 +450,7 @@ def evaluate(
     evaluator: Any,
     shift_labels: bool,
     max_batches: int | None = None,
+    precision: str = "32-true",
 ) -> dict:
     """Score the model on ``loader`` (its first ``max_batches``) with the project's
     evaluator (which writes ``metrics.json`` into its output folder)."""
@@ -433,7 +458,9 @@ def evaluate(
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        outputs = model(to_torchvision_images(batch))
+        with autocast_for(precision):
+            outputs = model(to_torchvision_images(batch))
+        outputs = [{k: _fp32(v) for k, v in o.items()} for o in outputs]
         predictions = rescale_predictions(
             outputs, batch.image_sizes, batch.orig_sizes, shift_labels
         )
@@ -545,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
         max_iterations=args.max_iters,
         log_every=args.log_every,
+        precision=cfg.trainer.precision,
     )
     log.info(
         "trained %d iterations in %.0f s (%.2f epochs)",
@@ -560,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         datamodule.build_evaluator(out),
         shift_labels,
         max_batches=args.max_val_batches,
+        precision=cfg.trainer.precision,
     )
     result = {
         "model": f"torchvision-{args.model}",
@@ -569,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "trainable_parameters": num_params,
         "batch_size": datamodule.batch_size,
         "torch_threads": torch.get_num_threads(),
+        "precision": str(cfg.trainer.precision),
         "val_batches": args.max_val_batches or "all",
         "experiment": experiment,
         "overrides": list(args.overrides),

@@ -72,6 +72,8 @@ class PointINSModule(pl.LightningModule):
         det_weight: λ_det of §3.4 (λ_mask is ``mask.loss_weight``).
         init_from: checkpoint to initialise from (e.g. COCO -> Cityscapes); tensors whose
             shape differs (class logits) are skipped, and both lists are logged.
+        compile: ``torch.compile`` the convolutional network (see
+            :meth:`PointINS.compile_network`); checkpoints are the same either way.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class PointINSModule(pl.LightningModule):
         category_ids: list[int] | None = None,
         det_weight: float = 1.0,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         hparams = {
@@ -97,6 +100,7 @@ class PointINSModule(pl.LightningModule):
             "category_ids": None if category_ids is None else [int(c) for c in category_ids],
             "det_weight": det_weight,
             "init_from": init_from,
+            "compile": compile,
         }
         self.save_hyperparameters(hparams)
         self.class_names = list(class_names)
@@ -111,6 +115,8 @@ class PointINSModule(pl.LightningModule):
         )
         if init_from is not None:
             init_from_checkpoint(self, init_from)  # logs what was loaded and re-initialised
+        if compile:
+            self.model.compile_network()  # after loading: compiling is lazy, names unchanged
         self.evaluator = None
         self.validated_at_step: int | None = None  # global step of the last evaluation
 

@@ -57,6 +57,18 @@ class PointINS(nn.Module):
         self.edge_weight = edge_weight
         self.to(memory_format=torch.channels_last)
 
+    def compile_network(self, **options) -> None:
+        """``torch.compile`` the convolutional network in place (``model.compile=true``):
+        backbone, FPN, detector head and mask head, with dynamic shapes (image sizes vary
+        per batch, instance counts per image). Targets, sampling, NMS and paste stay eager:
+        they are data-dependent and cheap. Parameter names, and so checkpoints, do not change.
+        """
+        parts = [self.backbone, self.neck, self.detector.head]
+        if self.mask is not None:
+            parts.append(self.mask.head)
+        for module in parts:
+            module.compile(**{"dynamic": True, **options})
+
     def features(self, images: Tensor) -> list[Tensor]:
         """(B, 3, H, W) -> FPN levels [(B, F, H/s, W/s)] for s in the detector's strides.
 

@@ -71,3 +71,12 @@ def test_unknown_backbone_and_norm_are_clear_errors():
         TimmBackbone("resnet_does_not_exist")
     with pytest.raises(ValueError, match="backbone.norm"):
         TimmBackbone("resnet18", norm="layernorm")
+
+
+def test_frozen_bn_without_weights_freezes_stages_for_init_from():
+    """norm=frozen_bn with random weights here means a checkpoint loads them afterwards
+    (model.init_from, the Cityscapes recipes): stem and stage 1 freeze as with loaded ones."""
+    b = TimmBackbone("resnet18", norm="frozen_bn", frozen_stages=1)
+    assert not any(p.requires_grad for p in b.body.conv1.parameters())
+    assert not any(p.requires_grad for p in b.body.layer1.parameters())
+    assert all(p.requires_grad for p in b.body.layer2.parameters())

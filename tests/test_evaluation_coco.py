@@ -327,3 +327,21 @@ def test_distributed_gather_matches_single_process(ann_file: Path, coco: COCO, t
     assert json.loads((out / "metrics.json").read_text()) == single
     ddp_bbox = json.loads((out / "bbox.json").read_text())
     assert ddp_bbox == json.loads((tmp_path / "single" / "bbox.json").read_text())
+
+
+def test_predictions_stream_to_disk_and_are_removed(ann_file: Path, coco: COCO, tmp_path: Path):
+    """The loop holds no result dicts in memory: they go to a JSON-lines file in the
+    output folder, which ``compute`` reads back and removes."""
+    evaluator = CocoEvaluator(ann_file, LABEL_TO_CAT, tmp_path)
+    for image_id in IMAGE_IDS:
+        evaluator.update([image_id], [_gt_predictions(coco, image_id)])
+    (spill,) = tmp_path.glob(".predictions-*.jsonl")
+    assert len(spill.read_text().splitlines()) == len(IMAGE_IDS)
+    assert not hasattr(evaluator, "_results")
+    metrics = evaluator.compute()
+    assert metrics["segm/AP"] == pytest.approx(100.0)
+    assert not list(tmp_path.glob(".predictions-*"))
+    # a dropped evaluator leaves no file behind either
+    evaluator.update([1], [_gt_predictions(coco, 1)])
+    del evaluator
+    assert not list(tmp_path.glob(".predictions-*"))

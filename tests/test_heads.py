@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from pointins.detectors.heads import FCOSHead, RetinaNetHead
+from pointins.detectors.heads import FCOSHead, RetinaNetHead, num_groups
 
 
 def _features():
@@ -54,3 +55,24 @@ def test_fcos_outputs_shapes_gn_and_non_negative_distances():
     assert out.box_regression[0].shape == (2, 30, 4) and (out.box_regression[0] >= 0).all()
     assert [c.shape for c in out.centerness] == [(2, 30), (2, 9)]
     assert len(head.scales) == 2
+
+
+def test_group_norm_groups_keep_two_channels_each():
+    assert [num_groups(c) for c in (256, 64, 32, 48, 2)] == [32, 32, 16, 24, 1]
+    # a 32-wide GN tower on the 1x1 P7 map of one small image trains (32 one-channel
+    # groups would have no statistics there)
+    head = FCOSHead(32, num_classes=3, num_levels=1, num_convs=2, conv_dim=32).train()
+    out = head([torch.randn(1, 32, 1, 1)])
+    assert torch.isfinite(out.box_regression[0]).all()
+
+
+@pytest.mark.parametrize("head_cls", [RetinaNetHead, FCOSHead])
+def test_predictions_are_fp32_under_bf16_autocast(head_cls):
+    """Losses and box decoding get fp32 (bf16 resolves 4 px at 512 px); the PoI features
+    the mask module reads stay in the autocast dtype."""
+    head = head_cls(32, 3, 9 if head_cls is RetinaNetHead else 2, num_convs=1, conv_dim=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(_features())
+    predictions = [*out.cls_logits, *out.box_regression, *(out.centerness or [])]
+    assert all(p.dtype == torch.float32 for p in predictions)
+    assert all(f.dtype == torch.bfloat16 for f in out.poi_features)

@@ -17,6 +17,7 @@ from benchmarks.torchvision_baseline import (
     RESERVES_BACKGROUND,
     IdentityTransform,
     WallClockSchedule,
+    autocast_for,
     build_model,
     build_optimizer,
     decay_fractions,
@@ -252,3 +253,14 @@ def test_cli_writes_metrics_and_result_line(data_dir: Path, tmp_path: Path) -> N
     assert line.keys() == result.keys() and line["iterations"] == 2
     assert line["seconds"] > 0 and line["metrics"].keys() == result["metrics"].keys()
     assert "bbox/AP" in json.loads((out / "metrics.json").read_text())
+
+
+def test_autocast_follows_trainer_precision() -> None:
+    assert not torch.is_autocast_enabled("cpu")
+    with autocast_for("bf16-mixed"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_enabled("cpu")
+    with autocast_for("32-true"):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="trainer.precision='16-mixed'"):
+        autocast_for("16-mixed")

@@ -41,7 +41,10 @@ class TimmBackbone(nn.Module):
         norm: ``auto`` (``frozen_bn`` when weights are loaded, ``gn`` from scratch),
             ``frozen_bn``, ``bn`` or ``gn``.
         frozen_stages: with loaded weights, freeze the stem and this many residual stages
-            (0 = stem only, -1 = nothing). Random weights are never frozen.
+            (0 = stem only, -1 = nothing). Weights count as loaded when they come from
+            ``pretrained``/``checkpoint_path`` or, with ``norm=frozen_bn`` and random
+            weights here, from a checkpoint loaded afterwards (``model.init_from``, as the
+            Cityscapes recipes do). Random weights trained from scratch are never frozen.
     """
 
     def __init__(
@@ -65,7 +68,7 @@ class TimmBackbone(nn.Module):
         self.body = _create(name, pretrained, checkpoint_path, kwargs)
         if norm == "frozen_bn":
             self.body = freeze_batch_norm_2d(self.body)
-        if weights_loaded:
+        if weights_loaded or norm == "frozen_bn":  # frozen BN: the weights come from a checkpoint
             self._freeze(frozen_stages)
         elif frozen_stages >= 0:
             log.info(

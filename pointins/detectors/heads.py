@@ -2,7 +2,9 @@
 
 Both heads return a :class:`DenseOutputs`; ``poi_features`` is the last feature map
 of the regression tower, the "point of interest" features PointINS reads its
-templates and (optionally) Iz from.
+templates and (optionally) Iz from. Under autocast the towers run in the autocast
+dtype, and the predictions (logits, box regression, centerness) are returned in fp32:
+losses and box decoding need its precision (bfloat16 resolves 4 px at 512 px).
 """
 
 from __future__ import annotations
@@ -15,13 +17,22 @@ from torch import Tensor, nn
 from pointins.structures import DenseOutputs
 
 
+def num_groups(channels: int, max_groups: int = 32) -> int:
+    """GroupNorm groups for ``channels``: the most, up to ``max_groups``, that divide it
+    with at least two channels each (a one-channel group has no statistics on the 1×1
+    P7 map of a small image)."""
+    if channels < 2:
+        raise ValueError(f"GroupNorm towers need conv_dim >= 2, got {channels}")
+    return max(g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= 2)
+
+
 def tower(in_channels: int, conv_dim: int, num_convs: int, group_norm: bool) -> nn.Sequential:
-    """num_convs × (conv3×3 [+ GroupNorm(32)] + ReLU)."""
+    """num_convs × (conv3×3 [+ GroupNorm(32 groups, fewer below 64 channels)] + ReLU)."""
     layers: list[nn.Module] = []
     for i in range(num_convs):
         layers.append(nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1))
         if group_norm:
-            layers.append(nn.GroupNorm(min(32, conv_dim), conv_dim))
+            layers.append(nn.GroupNorm(num_groups(conv_dim), conv_dim))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -79,8 +90,8 @@ class RetinaNetHead(nn.Module):
         cls, reg, poi = [], [], []
         for x in features:
             r = self.reg_tower(x)  # (B, F, H, W)
-            cls.append(_flatten(self.cls_logits(self.cls_tower(x)), self.num_classes))
-            reg.append(_flatten(self.box_regression(r), 4))
+            cls.append(_flatten(self.cls_logits(self.cls_tower(x)).float(), self.num_classes))
+            reg.append(_flatten(self.box_regression(r).float(), 4))
             poi.append(r)
         return DenseOutputs(cls, reg, None, poi)
 
@@ -116,8 +127,8 @@ class FCOSHead(nn.Module):
         cls, reg, ctr, poi = [], [], [], []
         for x, scale in zip(features, self.scales, strict=True):
             r = self.reg_tower(x)  # (B, F, H, W)
-            cls.append(_flatten(self.cls_logits(self.cls_tower(x)), self.num_classes))
-            reg.append(_flatten(torch.relu(scale(self.box_regression(r))), 4))
-            ctr.append(_flatten(self.centerness(r), 1).squeeze(-1))  # (B, H*W)
+            cls.append(_flatten(self.cls_logits(self.cls_tower(x)).float(), self.num_classes))
+            reg.append(_flatten(torch.relu(scale(self.box_regression(r).float())), 4))
+            ctr.append(_flatten(self.centerness(r).float(), 1).squeeze(-1))  # (B, H*W)
             poi.append(r)
         return DenseOutputs(cls, reg, ctr, poi)

@@ -111,5 +111,5 @@ class InstanceAwareMask(nn.Module):
         templates = self.template_branch(poi_features, queries)  # (N, E, K, K)
         weights = self.weight_branch(queries, poi_features)  # (N, weight_dim)
         features = self.fusion(templates, weights)  # (N, C, K, K)
-        logits = self.head(features)  # (N, 1, 2K, 2K)
-        return logits.squeeze(1)  # (N, 2K, 2K)
+        logits = self.head(features)  # (N, 1, 2K, 2K), autocast dtype under autocast
+        return logits.squeeze(1).float()  # (N, 2K, 2K), fp32 for the loss and the paste
