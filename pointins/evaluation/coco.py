@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
+
+from pointins.evaluation.distributed import evaluate_on_rank0
 
 logger = logging.getLogger("pointins.evaluation")
 
@@ -254,26 +255,9 @@ class CocoEvaluator:
         truth gives NaN. ``extra`` (rank 0's, e.g. the inference speed) is added to them.
         Rank 0 writes ``bbox.json``, ``segm.json`` and ``metrics.json``.
         """
-        distributed = dist.is_available() and dist.is_initialized()
-        rank = dist.get_rank() if distributed else 0
         own = self._read_streamed()
         self.reset()
-        parts: list[dict[int, ImageResults]] | None = [own]
-        if distributed:
-            # gather (not all_gather): only rank 0 needs everyone's RLEs in memory
-            parts = [{} for _ in range(dist.get_world_size())] if rank == 0 else None
-            dist.gather_object(own, parts, dst=0)
-        payload: list[Any] = [None]
-        if rank == 0:
-            try:
-                payload[0] = self._evaluate(_merge(parts), extra or {})
-            except Exception as error:  # re-raised on every rank instead of hanging them
-                payload[0] = error
-        if distributed:
-            dist.broadcast_object_list(payload, src=0)
-        if isinstance(payload[0], Exception):
-            raise payload[0]
-        return payload[0]
+        return evaluate_on_rank0(own, lambda parts: self._evaluate(_merge(parts), extra or {}))
 
     def _evaluate(
         self, results: dict[int, ImageResults], extra: Mapping[str, float]
