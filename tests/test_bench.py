@@ -67,3 +67,15 @@ def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
     assert "| pointins-fcos | fp32 |" in table and "Mask module share" in table
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert len(saved["results"]) == len(results)
+
+
+def test_cpu_cases_get_a_fresh_process_and_cuda_cases_share_one() -> None:
+    # the CPU's peak resident set is process-wide; CUDA's peak statistics reset per case
+    assert bench.case_runner("cpu") is bench.in_fresh_process
+    assert bench.case_runner("cuda") is bench.in_this_process
+    assert bench.case_runner("cuda:0") is bench.in_this_process
+
+
+def test_loader_case_reads_past_the_end_of_a_small_dataset() -> None:
+    batches = bench._epochs([["a"], ["b", "c"]])
+    assert [next(batches) for _ in range(5)] == [["a"], ["b", "c"], ["a"], ["b", "c"], ["a"]]
