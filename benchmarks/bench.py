@@ -8,8 +8,8 @@ On CPU every measurement runs in a fresh process (so the peak resident set of on
 does not hide in another's; on CUDA the allocator's peak statistics are reset per
 measurement instead, in one process), on the same machine, with the same backbone, FPN
 width and input size, and a fixed number of detections per image (``--detections``,
-100): the score
-thresholds are zero, so NMS and the mask branch see the same work in every model.
+100): the score thresholds are zero, so NMS and the mask branch see the same work in
+every model.
 Times are medians over ``--repeats`` runs after ``--warmup`` runs (CUDA: synchronised).
 
 Rows:
