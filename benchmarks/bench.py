@@ -24,8 +24,10 @@ Rows:
 * inference time against the number of detections (``--detection-counts``) and the
   input size (``--scales``, T11's 400 / 600 / 800);
 * the training dataloader alone (default worker count), images/second;
-* peak memory of the evaluation loop (predict, RLE-encode, accumulate) over 50 and 500
-  embedded val images: streaming evaluation keeps it flat.
+* peak memory of the evaluation loop (predict, RLE-encode, accumulate), read after 50,
+  100, 250 and 500 embedded val images of one pass: streaming evaluation keeps it flat.
+
+``--only infer train loader eval_memory`` runs a subset of the measurements.
 
 Peak memory (:class:`PeakMemory`): on CUDA ``torch.cuda.max_memory_allocated`` during the
 measured calls minus what was allocated before them; on CPU the process's peak resident
@@ -77,6 +79,7 @@ POINTINS = ("pointins-retinanet", "pointins-fcos")
 DETECTORS = ("retinanet", "fcos")  # mask=none
 MASKRCNN = "maskrcnn"  # torchvision Mask R-CNN on our backbone + FPN (width-matched)
 MASKRCNN_STOCK = "maskrcnn_resnet50_fpn"  # torchvision's own R50-FPN-256, no weights
+KINDS = ("infer", "train", "loader", "eval_memory")  # the measurements, for --only
 
 
 # ------------------------------------------------------------------------- timing
@@ -117,10 +120,22 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.read()
+
+    def read(self) -> float:
+        """The peak so far (also inside the block), in :attr:`mib`."""
+        _sync(self.device)
         if self.device.type == "cuda":
             self.mib = torch.cuda.max_memory_allocated(self.device) / (1 << 20) - self._base
         else:
             self.mib = _peak_rss_mib() - self._base
+        return self.mib
+
+    def held(self) -> float:
+        """What is allocated (CUDA) or resident (CPU) now, beyond the start, MiB."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / (1 << 20) - self._base
+        return _rss_mib() - self._base
 
 
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
@@ -305,22 +320,45 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def eval_memory(case, args, cfg, model, device) -> dict[str, Any]:
-    """Peak memory of predict + RLE-encode + accumulate over ``case['images']`` images."""
+    """Memory of predict + RLE-encode + accumulate, read after each of
+    ``case['checkpoints']`` images of ONE pass over the split: the memory held at that
+    point (``held_mib``; it would climb with the count if the loop kept anything per
+    image) and the peak so far (``peak_mib``; a maximum over images, set by the largest
+    image and detection count met so far, so it rises in steps and then levels off)."""
     dm = build_datamodule(cfg)
     dm.setup("validate")
     out_dir = Path(args.out) / "eval_memory"
     evaluator = dm.build_evaluator(out_dir)
-    seen = 0
+    checkpoints = sorted(case["checkpoints"])
+    readings: list[dict[str, Any]] = []
+    seen, largest = 0, (0, 0)
+
+    def read() -> None:
+        memory.read()
+        readings.append(
+            {
+                "images": seen,
+                "peak_mib": memory.mib,
+                "held_mib": memory.held(),
+                "largest_original": largest,
+            }
+        )
+
     with PeakMemory(device) as memory:
         for batch in dm.val_dataloader():
-            if seen >= case["images"]:
+            if seen >= checkpoints[-1]:
                 break
             batch = _to(batch, device)
             predictions = model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
             evaluator.update(batch.image_ids, predictions)
+            del predictions
             seen += len(batch)
-    peak = memory.mib
-    return {"images": seen, "peak_mib": peak}
+            largest = max([largest, *batch.orig_sizes], key=lambda s: s[0] * s[1])
+            while len(readings) < len(checkpoints) and seen >= checkpoints[len(readings)]:
+                read()
+        if len(readings) < len(checkpoints):  # the split ran out first
+            read()
+    return {"readings": readings}
 
 
 def _epochs(loader: Iterable[Batch]) -> Iterator[Batch]:
@@ -388,11 +426,11 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             for m in (*POINTINS, MASKRCNN)
         ]
     cases.append({"kind": "loader"})
-    cases += [
+    cases.append(
         {
             "kind": "eval_memory",
             "model": "pointins-fcos",
-            "images": n,
+            "checkpoints": sorted(args.eval_images),
             "overrides": [
                 f"data.root={args.eval_data}",
                 "data.num_train=8",
@@ -400,9 +438,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "data.val_batch_size=1",
             ],
         }
-        for n in args.eval_images
-    ]
-    return cases
+    )
+    return [c for c in cases if not args.only or c["kind"] in args.only]
 
 
 def machine() -> str:
@@ -428,10 +465,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         f"input {args.size} (max {args.max_size}), batch {args.batch_size}, "
         f"{args.detections} detections/image; medians of {args.repeats} after {args.warmup} "
         "warm-up runs.",
-        "",
-        "| model | precision | images/s | × Mask R-CNN | peak MiB | detections/img |",
-        "|---|---|---:|---:|---:|---:|",
     ]
+    kinds = {case["kind"] for case, _ in results}
+    if "infer" in kinds:
+        lines += [
+            "",
+            "| model | precision | images/s | × Mask R-CNN | peak MiB | detections/img |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
     for case, res in results:
         if case["kind"] != "infer" or "table" in case:
             continue
@@ -442,7 +483,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             f"| {res['images_per_second']:.2f} | {ratio:.2f} | {res['peak_mib']:.0f} "
             f"| {res['detections_per_image']:.0f} |"
         )
-    lines += ["", "Mask module share of PointINS inference (1 − t(mask=none) / t(PointINS)):", ""]
+    shares = []
     for det in DETECTORS:
         full, plain = (
             find(kind="infer", model=f"pointins-{det}", amp=False),
@@ -450,12 +491,17 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         )
         if full and plain:
             share = 1 - plain["seconds"] / full["seconds"]
-            lines.append(f"- PointINS-{det}: {100 * share:.1f} %")
-    lines += [
-        "",
-        "| training | precision | s/iter | × Mask R-CNN (speed) | peak MiB | × Mask R-CNN (mem) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+            shares.append(f"- PointINS-{det}: {100 * share:.1f} %")
+    if shares:
+        lines += ["", "Mask module share of PointINS inference (1 − t(mask=none) / t(PointINS)):"]
+        lines += ["", *shares]
+    if "train" in kinds:
+        lines += [
+            "",
+            "| training | precision | s/iter | × Mask R-CNN (speed) | peak MiB "
+            "| × Mask R-CNN (mem) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
     for case, res in results:
         if case["kind"] == "train":
             amp = case.get("amp", False)
@@ -470,6 +516,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         ("scales", "scale", "input size"),
     ):
         values = sorted({c[key] for c, _ in results if c.get("table") == table})
+        if not values:
+            continue
         models = [m for m in (*POINTINS, MASKRCNN)]
         lines += [
             "",
@@ -498,13 +546,20 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             f"{loader['images_per_second']:.1f} images/s; PointINS-FCOS training step: "
             f"{train_fcos['images_per_second']:.1f} images/s.",
         ]
-    mems = [(c["images"], r) for c, r in results if c["kind"] == "eval_memory"]
-    if mems:
-        lines += [
-            "",
-            "Evaluation loop peak memory: "
-            + ", ".join(f"{r['images']} images {r['peak_mib']:.0f} MiB" for _, r in mems),
-        ]
+    for case, res in results:
+        if case["kind"] == "eval_memory":
+            lines += [
+                "",
+                "Evaluation loop peak memory, read during one pass over the val split:",
+                "",
+                "| images | held MiB | peak MiB | largest image so far |",
+                "|---:|---:|---:|---|",
+            ]
+            lines += [
+                f"| {r['images']} | {r['held_mib']:.0f} | {r['peak_mib']:.0f} "
+                f"| {r['largest_original'][0]}×{r['largest_original'][1]} |"
+                for r in res["readings"]
+            ]
     return "\n".join(lines)
 
 
@@ -518,7 +573,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--detections", type=int, default=100)
     p.add_argument("--detection-counts", type=int, nargs="*", default=[10, 50, 100])
     p.add_argument("--scales", type=int, nargs="*", default=[400, 600, 800])
-    p.add_argument("--eval-images", type=int, nargs="*", default=[50, 500])
+    p.add_argument(
+        "--eval-images",
+        type=int,
+        nargs="+",
+        default=[50, 100, 250, 500],
+        help="read the evaluation loop's peak memory after these many val images",
+    )
     p.add_argument("--eval-data", default=str(ROOT / "outputs" / "bench" / "shapes_eval"))
     p.add_argument("--loader-batches", type=int, default=50)
     p.add_argument("--warmup", type=int, default=2)
@@ -527,6 +588,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true", help="also autocast (CUDA fp16, CPU bf16)")
     p.add_argument("--skip-stock", action="store_true", help="no maskrcnn_resnet50_fpn row")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=KINDS,
+        help="run only these kinds of measurement (default: all)",
+    )
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe")
     args = p.parse_args(argv)
@@ -551,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> list:
             len(cases),
             " ".join(
                 f"{k}={case[k]}"
-                for k in ("kind", "model", "amp", "detections", "scale", "images")
+                for k in ("kind", "model", "amp", "detections", "scale", "checkpoints")
                 if k in case
             ),
             shown,

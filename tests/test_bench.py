@@ -79,3 +79,33 @@ def test_cpu_cases_get_a_fresh_process_and_cuda_cases_share_one() -> None:
 def test_loader_case_reads_past_the_end_of_a_small_dataset() -> None:
     batches = bench._epochs([["a"], ["b", "c"]])
     assert [next(batches) for _ in range(5)] == [["a"], ["b", "c"], ["a"], ["b", "c"], ["a"]]
+
+
+def test_only_keeps_the_chosen_kinds() -> None:
+    cases = bench.plan(bench.parse_args([*TINY, "--only", "loader", "eval_memory"]))
+    assert [c["kind"] for c in cases] == ["loader", "eval_memory"]
+    with pytest.raises(SystemExit):  # argparse names the choices
+        bench.parse_args([*TINY, "--only", "inference"])
+
+
+def test_eval_memory_is_read_after_every_checkpoint_of_one_pass(tmp_path) -> None:
+    results = bench.main(
+        [
+            *TINY,
+            "--only",
+            "eval_memory",
+            "--out",
+            str(tmp_path / "bench"),
+            "--eval-data",
+            str(tmp_path / "eval"),
+        ]
+    )
+    [(case, result)] = results
+    readings = result["readings"]
+    assert case["checkpoints"] == [2, 4] and [r["images"] for r in readings] == [2, 4]
+    # one pass: the peak so far can only rise, and the largest input too
+    assert readings[0]["peak_mib"] <= readings[1]["peak_mib"]
+    area = [r["largest_original"][0] * r["largest_original"][1] for r in readings]
+    assert 0 < area[0] <= area[1]
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| 4 |" in table and "images/s" not in table  # only what ran is reported
