@@ -81,3 +81,15 @@ def test_ablation_num_points_sweeps_table_8(compose_cfg):
     values = cfg.hydra.sweeper.params["model.mask.sampling.num_samples"]
     assert values.split(",") == ["32", "64", "128", "256", "null"]
     assert cfg.task_name == "ablation_num_points"
+
+
+def test_shapes_fcos_is_the_demo_recipe_with_fcos_and_its_longer_schedule(compose_cfg):
+    shapes = compose_cfg(["experiment=shapes", "detector=fcos"])
+    fcos = compose_cfg(["experiment=shapes", "experiment=shapes_fcos"])  # as `make train` passes it
+    assert fcos.model.detector._target_ == "pointins.detectors.FCOS"
+    assert fcos.model == shapes.model and fcos.data == shapes.data
+    # the decays sit at the same fractions of the schedule as in experiment=shapes
+    for cfg in (shapes, fcos):
+        fractions = [m / cfg.optim.max_epochs for m in cfg.optim.scheduler.milestones]
+        assert fractions == pytest.approx([0.8, 0.914], abs=0.002)
+    assert fcos.optim.max_epochs > shapes.optim.max_epochs
