@@ -87,6 +87,24 @@ def test_empty_batch_forward_backward(fusion: str) -> None:
         assert grad is not None and grad.abs().sum() == 0, name
 
 
+def test_empty_batch_goes_around_the_compiled_head() -> None:
+    graphs = []
+
+    def backend(graph, example_inputs):  # records each graph torch.compile would build
+        graphs.append(example_inputs[0].shape if example_inputs else None)
+        return graph.forward
+
+    torch._dynamo.reset()
+    module = InstanceAwareMask(**SMALL).to(memory_format=torch.channels_last)
+    module.head.compile(backend=backend, dynamic=True)
+    features, queries = make_inputs(4)
+    module(features, queries[torch.zeros(0, dtype=torch.long)]).sum().backward()
+    assert graphs == []  # the empty batch ran eagerly
+    module(features, queries).sum().backward()
+    assert len(graphs) == 1  # a non-empty one through the compiled head
+    torch._dynamo.reset()
+
+
 def test_rows_are_independent_and_in_query_order() -> None:
     torch.manual_seed(0)
     module = InstanceAwareMask(**SMALL).eval()

@@ -111,5 +111,11 @@ class InstanceAwareMask(nn.Module):
         templates = self.template_branch(poi_features, queries)  # (N, E, K, K)
         weights = self.weight_branch(queries, poi_features)  # (N, weight_dim)
         features = self.fusion(templates, weights)  # (N, C, K, K)
-        logits = self.head(features)  # (N, 1, 2K, 2K), autocast dtype under autocast
+        # A batch without samples (no positives yet) calls the head's forward directly,
+        # around `model.compile`: an empty shape is not worth a graph of its own, and
+        # inductor's compiled backward fails on it for a channels-last head on CPU
+        # (torch 2.14: convolution_backward's weight-gradient strides disagree with its
+        # meta kernel). The head still runs, so every parameter gets its zero gradient.
+        head = self.head if features.shape[0] > 0 else self.head.forward
+        logits = head(features)  # (N, 1, 2K, 2K), autocast dtype under autocast
         return logits.squeeze(1).float()  # (N, 2K, 2K), fp32 for the loss and the paste
