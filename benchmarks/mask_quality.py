@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             break
         with torch.no_grad():
             detections = model.detect(batch.images, batch.image_sizes)
-        for b, det in enumerate(detections[: args.images - seen]):
+        detections = detections[: args.images - seen]
+        for b, det in enumerate(detections):
             t, size = batch.targets[b], batch.image_sizes[b]
             r = matched_mask_quality(det, t["boxes"], t["masks"], size, strides, args.score_thresh)
             rows.append(r)
