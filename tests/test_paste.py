@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from pointins.mask.paste import paste_masks
+from pointins.mask.paste import _paste_chunk, paste_masks
 
 
 def _smooth_masks(num: int, size: int, g: torch.Generator) -> torch.Tensor:
@@ -101,3 +101,23 @@ def test_threshold_and_empty() -> None:
     assert paste_masks(masks, boxes, (12, 12), threshold=0.3)[0, 2:10, 2:10].all()
     empty = paste_masks(torch.zeros(0, 8, 8), torch.zeros(0, 4), (12, 12))
     assert empty.shape == (0, 12, 12) and empty.dtype == torch.bool
+
+
+def test_separable_sampling_equals_grid_sample() -> None:
+    """The two matrix products give ``F.grid_sample`` over the union rectangle, bilinear
+    with zero padding, for boxes inside, across and outside the image's edges."""
+    g = torch.Generator().manual_seed(3)
+    height, width, size = 70, 90, 12
+    masks = torch.rand(9, size, size, generator=g, dtype=torch.float64)
+    boxes = _random_boxes(9, height, width, g).double()
+    probs, y0, x0 = _paste_chunk(masks, boxes, height, width)
+    h, w = probs.shape[-2:]
+    img_x = torch.arange(x0, x0 + w, dtype=torch.float64) + 0.5  # (w,)
+    img_y = torch.arange(y0, y0 + h, dtype=torch.float64) + 0.5  # (h,)
+    gx = (img_x[None] - boxes[:, 0, None]) / (boxes[:, 2] - boxes[:, 0])[:, None] * 2 - 1
+    gy = (img_y[None] - boxes[:, 1, None]) / (boxes[:, 3] - boxes[:, 1])[:, None] * 2 - 1
+    grid = torch.stack(
+        [gx[:, None, :].expand(9, h, w), gy[:, :, None].expand(9, h, w)], dim=3
+    )  # (9, h, w, 2)
+    expected = F.grid_sample(masks[:, None], grid, mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-12)

@@ -157,13 +157,6 @@ def test_empty_queries_keep_the_graph() -> None:
     assert branch.conv.weight.grad is not None
 
 
-def test_queries_outside_levels_raise() -> None:
-    branch = TemplateBranch(6, E=2, K=2, kernel_size=3).double()
-    features = make_features(6)[:2]  # drop the last level the queries refer to
-    with pytest.raises(ValueError, match="levels"):
-        branch(features, make_queries())
-
-
 def test_bad_kernel_size_raises() -> None:
     with pytest.raises(ValueError, match="kernel_size"):
         TemplateBranch(8, E=4, K=4, kernel_size=2)

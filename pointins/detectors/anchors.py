@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pointins.sync_free import to_device
+
 FeatureSizes = Sequence[tuple[int, int]]
 
 _CACHE_SIZE = 8
@@ -76,8 +78,8 @@ class _GridAnchorGenerator:
         key = ("level_ids", sizes, torch.device(device))
         cached = self._cache_get(key)
         if cached is None:
-            counts = torch.tensor([h * w * self.num_anchors for h, w in sizes], device=device)
-            cached = torch.repeat_interleave(torch.arange(len(sizes), device=device), counts)
+            counts = torch.tensor([h * w * self.num_anchors for h, w in sizes])  # (L,)
+            cached = to_device(torch.repeat_interleave(torch.arange(len(sizes)), counts), device)
             self._cache_put(key, cached)
         return cached
 
@@ -88,7 +90,7 @@ class _GridAnchorGenerator:
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """``(N,)`` stride in pixels of every concatenated anchor."""
-        strides = torch.tensor(self.strides, device=device, dtype=dtype)
+        strides = to_device(self.strides, device, dtype)  # (L,)
         return strides[self.level_ids(feature_sizes, device)]
 
     # -- helpers --------------------------------------------------------------------

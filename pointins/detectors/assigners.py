@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou
 
 from pointins.structures import Assignment
+from pointins.sync_free import to_device
 
 BACKGROUND = -1
 IGNORED = -2
@@ -45,7 +46,7 @@ def pad_targets(targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor, T
     gt_boxes = pad_sequence([b.to(dtype) for b in boxes], batch_first=True)  # (B, G_max, 4)
     gt_labels = pad_sequence(labels, batch_first=True, padding_value=-1)  # (B, G_max)
     g_max = gt_boxes.shape[1]
-    counts = torch.tensor([b.shape[0] for b in boxes], device=device)  # (B,)
+    counts = to_device([b.shape[0] for b in boxes], device)  # (B,)
     gt_valid = torch.arange(g_max, device=device)[None, :] < counts[:, None]  # (B, G_max)
     return gt_boxes, gt_labels, gt_valid
 
@@ -183,7 +184,7 @@ class FCOSAssigner:
             (py - (y1 + y2) / 2).abs() < radius
         )  # (B, G, N)
 
-        ranges = self.size_ranges.to(anchors)[level_ids]  # (N, 2)
+        ranges = to_device(self.size_ranges, anchors.device, anchors.dtype)[level_ids]  # (N, 2)
         max_dist = ltrb.max(dim=-1).values  # (B, G, N)
         in_range = (max_dist >= ranges[:, 0]) & (max_dist <= ranges[:, 1])  # (B, G, N)
 

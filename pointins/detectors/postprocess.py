@@ -20,6 +20,7 @@ from torchvision.ops import batched_nms, remove_small_boxes
 
 from pointins.detectors.box_coders import BoxCoder
 from pointins.structures import Detections
+from pointins.sync_free import count_per_index
 
 
 def _level_scores(cls_logits: Tensor, centerness: Tensor | None, num_anchors: int) -> Tensor:
@@ -134,7 +135,7 @@ def postprocess_detections(
     image_of_kept = flat["image"][kept]
     kept = kept[torch.argsort(image_of_kept, stable=True)]  # by image, score desc within
     image_of_kept = flat["image"][kept]
-    counts = torch.bincount(image_of_kept, minlength=batch)  # (B,)
+    counts = count_per_index(image_of_kept, batch)  # (B,)
     starts = torch.cumsum(counts, 0) - counts  # (B,)
     rank = torch.arange(kept.shape[0], device=device) - starts[image_of_kept]  # rank in image
     kept = kept[rank < detections_per_img]

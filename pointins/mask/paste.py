@@ -9,6 +9,13 @@ position in the box, normalised to ``[-1, 1]``, is
 and ``F.grid_sample(mask, grid, align_corners=False)`` interpolates the mask there
 bilinearly (zero outside the box). Then the probability is thresholded.
 
+The sampling grid is separable: a pixel's ``gx`` depends on its column only and ``gy``
+on its row only, so bilinear interpolation with zero padding is two matrix products,
+``probs = W_y @ mask @ W_x^T``, with ``W_x`` ``(w, S)`` and ``W_y`` ``(h, S)`` holding each
+pixel's two bilinear weights (taps outside the mask weigh zero, as ``grid_sample``'s
+zero padding). That is ``F.grid_sample`` without its ``(n, h, w, 2)`` grid in memory and
+with the arithmetic on tensor cores.
+
 Memory and work: instances are processed in chunks; each chunk samples only the
 rectangle of the image covered by the union of its boxes (clamped to the image,
 widened by 1 px for the bilinear fringe) and writes it into a zero ``(n, H, W)`` bool
@@ -23,11 +30,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-#: Bytes per sampled pixel assumed when sizing GPU chunks (grid 2 x 4 B, output 4 B, slack).
-_BYTES_PER_PIXEL = 16
+#: Bytes per sampled pixel assumed when sizing GPU chunks (probability 4 B, mask 1 B, slack).
+_BYTES_PER_PIXEL = 8
 #: Memory budget of one GPU chunk.
 _GPU_CHUNK_BYTES = 1 << 30
 
@@ -38,32 +44,45 @@ def _default_chunk_size(device: torch.device, height: int, width: int) -> int:
     return max(1, _GPU_CHUNK_BYTES // max(1, height * width * _BYTES_PER_PIXEL))
 
 
+def bilinear_weights(pos: Tensor, size: int) -> Tensor:
+    """``(c, n)`` positions on a length-``size`` axis, in tap units (tap ``k`` centred at
+    ``k``) -> ``(c, n, size)`` bilinear weights ``max(0, 1 - |pos - k|)``: the two taps
+    around ``pos`` share its weight, and taps past either end do not exist, which is
+    ``grid_sample``'s zero padding."""
+    taps = torch.arange(size, device=pos.device, dtype=pos.dtype)  # (size,)
+    return (1 - (pos[..., None] - taps).abs()).clamp(min=0)  # (c, n, size)
+
+
 def _paste_chunk(masks: Tensor, boxes: Tensor, height: int, width: int) -> tuple[Tensor, int, int]:
     """Interpolated probabilities of ``c`` masks over the union rectangle of their boxes.
 
     Returns:
         ``(c, h, w)`` float probabilities and the rectangle's top-left ``(y0, x0)``.
     """
-    x0 = max(int(math.floor(boxes[:, 0].min().item())) - 1, 0)
-    y0 = max(int(math.floor(boxes[:, 1].min().item())) - 1, 0)
-    x1 = min(int(math.ceil(boxes[:, 2].max().item())) + 1, width)
-    y1 = min(int(math.ceil(boxes[:, 3].max().item())) + 1, height)
-    num = masks.shape[0]
+    lows = boxes[:, :2].amin(0)  # (2,) x, y
+    highs = boxes[:, 2:].amax(0)  # (2,)
+    bx0, by0, bx1, by1 = torch.cat([lows, highs]).tolist()  # one sync for the rectangle
+    x0 = max(int(math.floor(bx0)) - 1, 0)
+    y0 = max(int(math.floor(by0)) - 1, 0)
+    x1 = min(int(math.ceil(bx1)) + 1, width)
+    y1 = min(int(math.ceil(by1)) + 1, height)
+    num, size_y, size_x = masks.shape
     if x1 <= x0 or y1 <= y0:  # every box lies outside the image
         return masks.new_zeros((num, 0, 0)), 0, 0
-    bx1, by1, bx2, by2 = boxes.unbind(dim=1)  # (c,) each
+    box_x1, box_y1, box_x2, box_y2 = boxes.unbind(dim=1)  # (c,) each
     img_x = torch.arange(x0, x1, device=masks.device, dtype=masks.dtype) + 0.5  # (w,)
     img_y = torch.arange(y0, y1, device=masks.device, dtype=masks.dtype) + 0.5  # (h,)
-    bw = (bx2 - bx1).clamp(min=1e-6)[:, None]  # (c, 1); degenerate boxes sample nothing
-    bh = (by2 - by1).clamp(min=1e-6)[:, None]  # (c, 1)
-    gx = (img_x[None, :] - bx1[:, None]) / bw * 2 - 1  # (c, w)
-    gy = (img_y[None, :] - by1[:, None]) / bh * 2 - 1  # (c, h)
-    h, w = gy.shape[1], gx.shape[1]
-    grid = torch.stack(
-        [gx[:, None, :].expand(num, h, w), gy[:, :, None].expand(num, h, w)], dim=3
-    )  # (c, h, w, 2) as (x, y)
-    probs = F.grid_sample(masks[:, None], grid, mode="bilinear", align_corners=False)
-    return probs[:, 0], y0, x0  # (c, h, w)
+    # pixel centre -> mask position in tap units: (g + 1) * S / 2 - 0.5 for the grid
+    # coordinate g above, i.e. grid_sample's unnormalisation with align_corners=False
+    bw = (box_x2 - box_x1).clamp(min=1e-6)[:, None]  # (c, 1); degenerate boxes sample nothing
+    bh = (box_y2 - box_y1).clamp(min=1e-6)[:, None]  # (c, 1)
+    pos_x = (img_x[None, :] - box_x1[:, None]) / bw * size_x - 0.5  # (c, w)
+    pos_y = (img_y[None, :] - box_y1[:, None]) / bh * size_y - 0.5  # (c, h)
+    weights_x = bilinear_weights(pos_x, size_x)  # (c, w, S_x)
+    weights_y = bilinear_weights(pos_y, size_y)  # (c, h, S_y)
+    rows = torch.bmm(weights_y, masks)  # (c, h, S_x): mask rows interpolated to image rows
+    probs = torch.bmm(rows, weights_x.transpose(1, 2))  # (c, h, w)
+    return probs, y0, x0
 
 
 def paste_masks(

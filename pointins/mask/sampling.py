@@ -34,6 +34,7 @@ from torch import Tensor
 from torchvision.ops import box_iou, roi_align
 
 from pointins.structures import InstanceQueries
+from pointins.sync_free import count_per_index, to_device
 
 #: Target-box types, the values of :attr:`SamplingInfo.box_type`.
 ANCHOR_BOX, GT_BOX, REGRESSED_BOX = 0, 1, 2
@@ -136,7 +137,7 @@ def draw_box_types(
     cum[-1] = 1.0  # guard against rounding: u < 1 always lands in a bin
     draw_device = generator.device if generator is not None else torch.device(device)
     u = torch.rand(num, generator=generator, device=draw_device)  # (num,) in [0, 1)
-    types = torch.searchsorted(cum.to(draw_device), u, right=True)  # (num,) in 0..3
+    types = torch.searchsorted(to_device(cum, draw_device), u, right=True)  # (num,) in 0..3
     return types.clamp(max=2).to(device)
 
 
@@ -175,8 +176,8 @@ def decode_anchor_index(
         ``level``, ``y``, ``x``, ``a``, each ``(M,)`` long.
     """
     device = flat_idx.device
-    offsets = torch.tensor(level_offsets(feature_sizes, num_anchors)[:-1], device=device)  # (L,)
-    widths = torch.tensor([int(w) for _, w in feature_sizes], device=device)  # (L,)
+    offsets = to_device(level_offsets(feature_sizes, num_anchors)[:-1], device)  # (L,)
+    widths = to_device([int(w) for _, w in feature_sizes], device)  # (L,)
     level = level_ids[flat_idx].long()  # (M,)
     local = flat_idx - offsets[level]  # (M,) index within the level
     a = local % num_anchors  # (M,)
@@ -262,7 +263,7 @@ def sample_queries(
         perm = _randperm(pos.shape[0], generator, device)  # (P,)
         perm = perm[torch.sort(pos_b[perm], stable=True).indices]  # (P,) grouped by image
         pos, pos_b = pos[perm], pos_b[perm]
-        counts = torch.bincount(pos_b, minlength=batch)  # (B,)
+        counts = count_per_index(pos_b, batch)  # (B,)
         first = torch.cumsum(counts, 0) - counts  # (B,) first row of every image
         rank = torch.arange(pos.shape[0], device=device) - first[pos_b]  # (P,) rank in image
         keep = rank < num_samples  # (P,)
@@ -270,7 +271,7 @@ def sample_queries(
 
     flat_idx = cand_n[pos]  # (Q,)
     level, y, x, a = decode_anchor_index(flat_idx, level_ids, feature_sizes, num_anchors)
-    stride_table = torch.as_tensor([float(s) for s in strides], dtype=anchors.dtype, device=device)
+    stride_table = to_device([float(s) for s in strides], device, anchors.dtype)  # (L,)
     queries = InstanceQueries(
         batch_idx=pos_b,
         level=level,
@@ -285,8 +286,8 @@ def sample_queries(
         anchor_idx=a,
         box_type=box_type[pos],
         candidate_box_type=box_type,
-        num_candidates=torch.bincount(cand_b, minlength=batch),
-        num_positives=torch.bincount(cand_b[positive], minlength=batch),
+        num_candidates=count_per_index(cand_b, batch),
+        num_positives=count_per_index(cand_b, batch, where=positive),
     )
     return queries, info
 
@@ -327,7 +328,7 @@ def mask_targets(
     h_max = max(int(m.shape[-2]) for m in gt_masks)
     w_max = max(int(m.shape[-1]) for m in gt_masks)
     # global GT id = first GT of the image + index within it
-    starts = torch.tensor([0] + counts[:-1], device=device).cumsum(0)  # (B,)
+    starts = to_device([0] + counts[:-1], device).cumsum(0)  # (B,)
     global_id = starts[queries.batch_idx] + queries.gt_idx  # (N,)
     used, inverse = torch.unique(global_id, return_inverse=True)  # (U,), (N,)
     # per-image list at the API edge -> one padded uint8 stack of all GTs (cheap), then

@@ -36,8 +36,11 @@ def gather_patches(
         x_n - k//2 : x_n + k//2 + 1]`` permuted to ``(k, k, F)``, where positions
         outside the map read zero (the dense conv's zero padding).
 
-    Loops over levels only; within a level the gather is index arithmetic on the
-    flattened map (no padded copy of the map, no ``unfold``).
+    Loops over the levels only. Every level gathers a patch for every query (index
+    arithmetic on the flattened map: no padded copy of the map, no ``unfold``) and
+    keeps it where the query is on that level, so nothing waits for the GPU to say
+    how many queries a level has: ``L`` gathers of ``(N, k*k, F)``, tiny beside the
+    mask head. ``level`` must lie in ``0 .. L-1`` (a query on no level reads zeros).
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
@@ -51,47 +54,25 @@ def gather_patches(
     window = torch.arange(kernel_size, device=device) - pad
     win_dy = window.repeat_interleave(kernel_size)  # (kk,)
     win_dx = window.repeat(kernel_size)  # (kk,)
+    ys = queries.yx[:, 0, None] + win_dy  # (N, kk)
+    xs = queries.yx[:, 1, None] + win_dx  # (N, kk)
+    img = queries.batch_idx[:, None]  # (N, 1)
 
-    gathered: list[Tensor] = []
-    rows: list[Tensor] = []
+    patches = features[0].new_zeros(len(queries), kk, channels)  # (N, kk, F)
     for level, feat in enumerate(features):
-        sel = torch.nonzero(queries.level == level).squeeze(1)  # (N_l,)
-        if sel.numel() == 0:
-            continue
         _, feat_channels, height, width = feat.shape
         if feat_channels != channels:
             raise ValueError(
                 f"all PoI feature levels must have the same channels; level 0 has "
                 f"{channels}, level {level} has {feat_channels}"
             )
-        img = queries.batch_idx[sel]  # (N_l,)
-        ys = queries.yx[sel, 0, None] + win_dy  # (N_l, kk)
-        xs = queries.yx[sel, 1, None] + win_dx  # (N_l, kk)
-        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)  # (N_l, kk)
-        flat_idx = ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)  # (N_l, kk)
-        flat = feat.flatten(2)  # (B, F, H*W), a view
-        # advanced indices around a slice go first: (N_l, kk, F)
-        patch = flat[img[:, None], :, flat_idx]
-        patch = patch * inside.unsqueeze(-1).to(patch.dtype)  # zero padding, (N_l, kk, F)
-        gathered.append(patch.reshape(-1, kk * channels))  # (N_l, kk*F)
-        rows.append(sel)
-
-    num = len(queries)
-    if not rows:
-        if num:
-            raise ValueError(
-                f"queries refer to levels outside the {len(features)} PoI feature levels"
-            )
-        return features[0].new_zeros(0, kk * channels)  # (0, kk*F)
-    order = torch.cat(rows)  # (N,) query index of each gathered row
-    if order.numel() != num:
-        raise ValueError(
-            f"{num - order.numel()} queries refer to levels outside the {len(features)} "
-            "PoI feature levels"
-        )
-    stacked = torch.cat(gathered)  # (N, kk*F), rows in level order
-    # put the rows back in query order
-    return stacked.new_empty(stacked.shape).index_copy(0, order, stacked)  # (N, kk*F)
+        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)  # (N, kk)
+        keep = inside & (queries.level == level)[:, None]  # (N, kk)
+        flat_idx = ys.clamp(0, height - 1) * width + xs.clamp(0, width - 1)  # (N, kk)
+        # advanced indices around a slice go first: (N, kk, F)
+        patch = feat.flatten(2)[img, :, flat_idx]
+        patches = torch.where(keep[..., None], patch, patches)  # zero padding, (N, kk, F)
+    return patches.reshape(len(queries), kk * channels)  # (N, kk*F)
 
 
 def vector_to_template(vectors: Tensor, E: int, K: int) -> Tensor:
