@@ -410,7 +410,9 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     for amp in precisions:
         cases += [{"kind": "infer", "model": m, "amp": amp} for m in models]
     for amp in precisions:
-        cases += [{"kind": "train", "model": m, "amp": amp} for m in (*POINTINS, MASKRCNN)]
+        cases += [
+            {"kind": "train", "model": m, "amp": amp} for m in (*POINTINS, *DETECTORS, MASKRCNN)
+        ]
     for n in args.detection_counts:
         cases += [
             {"kind": "infer", "model": m, "detections": n, "table": "detections"}

@@ -25,7 +25,7 @@ def to_device(
     the copy has run, so the source may go out of scope at once."""
     host = torch.as_tensor(values, dtype=dtype)
     device = torch.device(device)
-    if device.type != "cuda":
+    if device.type != "cuda" or host.device.type != "cpu":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
 

@@ -1,0 +1,42 @@
+"""``benchmarks.profile_step``: profiler tables with PointINS's stages labelled."""
+
+from __future__ import annotations
+
+import pointins.model as pointins_model
+from benchmarks import profile_step
+
+TINY = [
+    "--size",
+    "96",
+    "--max-size",
+    "128",
+    "--detections",
+    "20",
+    "--warmup",
+    "0",
+    "--repeats",
+    "1",
+    "data.batch_size=2",
+    "data.num_workers=0",
+]
+
+
+def test_training_step_tables_name_the_stages_and_the_waits(tmp_path) -> None:
+    before = pointins_model.sample_queries
+    text = profile_step.main(
+        [
+            "--model",
+            "pointins-fcos",
+            "--train",
+            "--steps",
+            "1",
+            "--rows",
+            "200",
+            *TINY,
+            f"paths.data_dir={tmp_path}",
+        ]
+    )
+    for stage in ("pi::sample_queries", "pi::InstanceAwareMask.forward", "pi::mask_loss"):
+        assert stage in text, stage
+    assert "aten::nonzero" in text.split("per call:")[1]  # sampling's candidates
+    assert pointins_model.sample_queries is before  # the labels are taken off again
