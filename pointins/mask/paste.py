@@ -13,8 +13,8 @@ The sampling grid is separable: a pixel's ``gx`` depends on its column only and 
 on its row only, so bilinear interpolation with zero padding is two matrix products,
 ``probs = W_y @ mask @ W_x^T``, with ``W_x`` ``(w, S)`` and ``W_y`` ``(h, S)`` holding each
 pixel's two bilinear weights (taps outside the mask weigh zero, as ``grid_sample``'s
-zero padding). That is ``F.grid_sample`` without its ``(n, h, w, 2)`` grid in memory and
-with the arithmetic on tensor cores.
+zero padding). That is ``F.grid_sample``'s result without its ``(n, h, w, 2)`` grid in
+memory, from two small batched matrix products.
 
 Memory and work: instances are processed in chunks; each chunk samples only the
 rectangle of the image covered by the union of its boxes (clamped to the image,
