@@ -598,7 +598,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # Hydra overrides may follow options
     if args.experiment == "none":
         args.experiment = None
     return args

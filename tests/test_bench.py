@@ -109,3 +109,8 @@ def test_eval_memory_is_read_after_every_checkpoint_of_one_pass(tmp_path) -> Non
     assert 0 < area[0] <= area[1]
     table = (tmp_path / "bench" / "bench.md").read_text()
     assert "| 4 |" in table and "images/s" not in table  # only what ran is reported
+
+
+def test_overrides_may_come_before_and_after_options() -> None:
+    args = bench.parse_args(["data.batch_size=2", "--size", "96", "model.mask.K=8"])
+    assert args.size == 96 and args.overrides == ["data.batch_size=2", "model.mask.K=8"]
