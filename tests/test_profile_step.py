@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
+from test_bench import TINY  # the bench's tiny setting
+
 import pointins.model as pointins_model
 from benchmarks import profile_step
-
-TINY = [
-    "--size",
-    "96",
-    "--max-size",
-    "128",
-    "--detections",
-    "20",
-    "--warmup",
-    "0",
-    "--repeats",
-    "1",
-    "data.batch_size=2",
-    "data.num_workers=0",
-]
 
 
 def test_training_step_tables_name_the_stages_and_the_waits(tmp_path) -> None:
