@@ -68,13 +68,7 @@ def matched_mask_quality(
     Returns:
         ``(m, 4)`` float rows ``(level, mask IoU, oracle IoU, GT area in pixels)``.
     """
-    keep = det.scores >= score_thresh
-    if not keep.any() or len(gt_boxes) == 0:
-        return torch.zeros((0, 4))
-    det = det[keep]
-    box_overlap, gt_idx = box_iou(det.boxes, gt_boxes).max(dim=1)  # (n,), (n,)
-    matched = box_overlap >= MATCH_IOU
-    det, gt_idx = det[matched], gt_idx[matched]
+    det, gt_idx = match_detections(det, gt_boxes, score_thresh)
     if len(det) == 0:
         return torch.zeros((0, 4))
     h, w = image_size
@@ -87,6 +81,19 @@ def matched_mask_quality(
     oracle_iou = _mask_iou(paste_masks(oracle, det.boxes, (h, w)), gt)
     area = gt.flatten(1).sum(1).float()
     return torch.stack([det.level.float(), predicted_iou, oracle_iou, area], dim=1)
+
+
+def match_detections(
+    det: Detections, gt_boxes: Tensor, score_thresh: float
+) -> tuple[Detections, Tensor]:
+    """The detections scoring at least ``score_thresh`` whose box overlaps a GT box at
+    IoU >= ``MATCH_IOU``, in score order, and the index of that GT box for each."""
+    det = det[det.scores >= score_thresh]
+    if len(det) == 0 or len(gt_boxes) == 0:
+        return det[:0], torch.zeros(0, dtype=torch.long)
+    box_overlap, gt_idx = box_iou(det.boxes, gt_boxes).max(dim=1)  # (n,), (n,)
+    matched = box_overlap >= MATCH_IOU
+    return det[matched], gt_idx[matched]
 
 
 def summary_table(rows: Tensor, num_levels: int) -> str:
@@ -169,15 +176,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _tiles(image: Tensor, det: Detections, target: dict, size, score_thresh: float) -> list:
     """At most one tile per image: its best-scoring matched detection from P5 or up."""
-    keep = (det.scores >= score_thresh) & (det.level >= 2)
-    if not keep.any() or len(target["boxes"]) == 0:
+    det, gt_idx = match_detections(det, target["boxes"], score_thresh)
+    coarse = (det.level >= 2).nonzero().flatten()
+    if len(coarse) == 0:
         return []
-    det = det[keep]
-    overlap, gt_idx = box_iou(det.boxes, target["boxes"]).max(dim=1)
-    hits = (overlap >= MATCH_IOU).nonzero().flatten()
-    if len(hits) == 0:
-        return []
-    k = int(hits[0])  # detections are sorted by score
+    k = int(coarse[0])  # detections are sorted by score
     h, w = size
     predicted = paste_masks(det.masks[k : k + 1].float(), det.boxes[k : k + 1], (h, w))[0]
     gt = target["masks"][gt_idx[k], :h, :w].bool()
