@@ -94,3 +94,13 @@ def test_shapes_fcos_is_the_demo_recipe_with_fcos_and_its_longer_schedule(compos
         fractions = [m / cfg.optim.max_epochs for m in cfg.optim.scheduler.milestones]
         assert fractions == pytest.approx([0.8, 0.914], abs=0.1 / cfg.optim.max_epochs)
     assert fcos.optim.max_epochs > shapes.optim.max_epochs
+
+
+@pytest.mark.parametrize("experiment", [None, "shapes", "shapes_fcos"])
+def test_template_side_follows_the_papers_rule(compose_cfg, experiment):
+    """§3.2.1: K² equals the PoI feature's width (16² = 256 in the paper, 8² = 64 in the
+    demo), and E = k_t², so the template is as large as the patch it is computed from."""
+    cfg = compose_cfg([f"experiment={experiment}"] if experiment else [])
+    mask, detector = cfg.model.mask, cfg.model.detector
+    assert detector.conv_dim == mask.K**2
+    assert mask.kernel_size**2 == mask.E
