@@ -83,24 +83,44 @@ def test_ablation_num_points_sweeps_table_8(compose_cfg):
     assert cfg.task_name == "ablation_num_points"
 
 
-def test_shapes_fcos_is_the_demo_recipe_with_fcos_and_its_longer_schedule(compose_cfg):
-    shapes = compose_cfg(["experiment=shapes", "detector=fcos"])
-    fcos = compose_cfg(["experiment=shapes", "experiment=shapes_fcos"])  # as `make train` passes it
+def test_the_demo_is_pointins_fcos_and_each_pair_gets_its_budgets_epochs(compose_cfg):
+    """`make train` trains PointINS-FCOS for 9 epochs (conf/budget/); PointINS-RetinaNet and
+    the plain detectors (issue 4's 15-minute runs) keep experiment=shapes' 7."""
+    fcos = compose_cfg(["experiment=shapes"])
+    retina = compose_cfg(["experiment=shapes", "detector=retinanet"])
+    plain = [
+        compose_cfg(["experiment=shapes", "mask=none", f"detector={d}"])
+        for d in ("fcos", "retinanet")
+    ]
     assert fcos.model.detector._target_ == "pointins.detectors.FCOS"
-    assert fcos.model == shapes.model and fcos.data == shapes.data
-    # the decays sit at the same fractions of the schedule as in experiment=shapes, to a
-    # tenth of an epoch (7 epochs: 6.4 / 7 = 0.914; 9 epochs: 8.2 / 9 = 0.911)
-    for cfg in (shapes, fcos):
+    assert retina.model.detector._target_ == "pointins.detectors.RetinaNet"
+    assert retina.model.mask == fcos.model.mask and retina.data == fcos.data
+    assert fcos.optim.max_epochs == 9
+    assert [cfg.optim.max_epochs for cfg in (retina, *plain)] == [7, 7, 7]
+    # the decays sit at the same fractions of every schedule, to a tenth of an epoch
+    # (7 epochs: 6.4 / 7 = 0.914; 9 epochs: 8.2 / 9 = 0.911)
+    for cfg in (fcos, retina, *plain):
         fractions = [m / cfg.optim.max_epochs for m in cfg.optim.scheduler.milestones]
         assert fractions == pytest.approx([0.8, 0.914], abs=0.1 / cfg.optim.max_epochs)
-    assert fcos.optim.max_epochs > shapes.optim.max_epochs
+    # the paper-sized COCO runs have no budget file: the 1x schedule stands
+    assert compose_cfg(["detector=fcos"]).optim.max_epochs == 12
 
 
-@pytest.mark.parametrize("experiment", [None, "shapes", "shapes_fcos"])
-def test_template_side_follows_the_papers_rule(compose_cfg, experiment):
+def test_every_ablation_is_retinanet_based_unless_asked(compose_cfg):
+    """§4.1.1: the ablations are RetinaNet-based, also on top of the FCOS demo."""
+    pinned = compose_cfg(["experiment=shapes", "ablation=fusion"])
+    asked = compose_cfg(["experiment=shapes", "ablation=fusion", "detector=fcos"])
+    assert pinned.model.detector._target_.endswith("RetinaNet")
+    assert asked.model.detector._target_.endswith("FCOS")
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["experiment=shapes"], ["experiment=shapes", "detector=retinanet"]]
+)
+def test_template_side_follows_the_papers_rule(compose_cfg, overrides):
     """§3.2.1: K² equals the PoI feature's width (16² = 256 in the paper, 8² = 64 in the
     demo), and E = k_t², so the template is as large as the patch it is computed from."""
-    cfg = compose_cfg([f"experiment={experiment}"] if experiment else [])
+    cfg = compose_cfg(overrides)
     mask, detector = cfg.model.mask, cfg.model.detector
     assert detector.conv_dim == mask.K**2
     assert mask.kernel_size**2 == mask.E
