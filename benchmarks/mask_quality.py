@@ -2,7 +2,7 @@
 the ``2K×2K`` oracle.
 
     python -m benchmarks.mask_quality --ckpt outputs/.../checkpoints/last.ckpt
-    python -m benchmarks.mask_quality --ckpt ... --experiment shapes_fcos --picture q.png
+    python -m benchmarks.mask_quality --ckpt ... --picture q.png data.root=data/shapes_s1
 
 For every val detection scoring at least ``--score-thresh`` whose box overlaps a GT box
 with IoU ≥ 0.5, two masks are compared with that GT mask in the network's input pixels:
