@@ -106,10 +106,16 @@ def test_the_demo_is_pointins_fcos_and_each_pair_gets_its_budgets_epochs(compose
     assert compose_cfg(["detector=fcos"]).optim.max_epochs == 12
 
 
-def test_every_ablation_is_retinanet_based_unless_asked(compose_cfg):
+TRAINING_ABLATIONS = sorted(
+    p.stem for p in (ROOT / "conf" / "ablation").glob("*.yaml") if p.stem != "test_scale"
+)  # test_scale evaluates a checkpoint, whose own model it keeps
+
+
+@pytest.mark.parametrize("ablation", TRAINING_ABLATIONS)
+def test_every_ablation_is_retinanet_based_unless_asked(compose_cfg, ablation):
     """§4.1.1: the ablations are RetinaNet-based, also on top of the FCOS demo."""
-    pinned = compose_cfg(["experiment=shapes", "ablation=fusion"])
-    asked = compose_cfg(["experiment=shapes", "ablation=fusion", "detector=fcos"])
+    pinned = compose_cfg(["experiment=shapes", f"ablation={ablation}"])
+    asked = compose_cfg(["experiment=shapes", f"ablation={ablation}", "detector=fcos"])
     assert pinned.model.detector._target_.endswith("RetinaNet")
     assert asked.model.detector._target_.endswith("FCOS")
 
