@@ -118,8 +118,9 @@ class PointINS(nn.Module):
             num_samples=s.num_samples,
             generator=generator,
         )
-        logits = self.mask(outputs.poi_features, queries)  # (N, 2K, 2K)
+        # targets first: their crop's transient memory then comes before the head's activations
         mask_gt = mask_targets([t["masks"] for t in targets], queries, self.mask.mask_size)
+        logits = self.mask(outputs.poi_features, queries)  # (N, 2K, 2K)
         losses["loss_mask"] = self.mask_weight * mask_loss(logits, mask_gt, self.edge_weight)
         return losses
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, roi_align
 
 from pointins.detectors.anchors import AnchorGenerator, PointGenerator
 from pointins.mask.sampling import (
@@ -351,3 +351,28 @@ def test_mask_targets_empty() -> None:
     queries = _queries([0], [0], [[0, 0, 4, 4]])[:0]
     t = mask_targets([torch.zeros(1, 8, 8, dtype=torch.uint8)], queries, size=6)
     assert t.shape == (0, 6, 6)
+
+
+def test_mask_targets_do_not_depend_on_the_other_images() -> None:
+    """Each image is cropped at its own size: adding a larger image to the batch (which
+    pads nothing here, but did when all masks were stacked at the batch's largest size)
+    leaves the targets of a box reaching past its image's border unchanged."""
+    gen = torch.Generator().manual_seed(0)
+    small = (torch.rand(3, 17, 13, generator=gen) > 0.5).to(torch.uint8)
+    large = (torch.rand(2, 40, 50, generator=gen) > 0.5).to(torch.uint8)
+    boxes = [[6.3, 9.1, 13.0, 17.0], [-2.0, 3.5, 8.0, 14.2], [1.0, 1.0, 12.7, 16.6]]
+    alone = mask_targets([small], _queries([0, 0, 0], [2, 0, 1], boxes), size=8)
+    both = mask_targets(
+        [large, small],
+        _queries([1, 0, 1, 1], [2, 1, 0, 1], [boxes[0], boxes[1], *boxes[1:]]),
+        size=8,
+    )
+    assert torch.equal(both[[0, 2, 3]], alone)
+    reference = roi_align(
+        small.float()[[2, 0, 1], None],
+        torch.cat([torch.arange(3.0)[:, None], torch.tensor(boxes)], dim=1),
+        (8, 8),
+        sampling_ratio=2,
+        aligned=True,
+    )[:, 0]
+    assert torch.equal(alone, (reference >= 0.5).float())

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import box_iou
 
+from pointins.box_ops import box_iou
 from pointins.structures import Assignment
 from pointins.sync_free import to_device
 
@@ -106,7 +106,7 @@ class IoUAssigner:
             return anchors.new_full((batch, num_anchors), BACKGROUND, dtype=torch.long)
         iou = box_iou(gt_boxes.reshape(-1, 4).to(anchors.dtype), anchors)  # (B * G, N)
         iou = iou.reshape(batch, num_gt, num_anchors)  # (B, G, N)
-        iou = torch.where(gt_valid[..., None], iou, iou.new_tensor(-1.0))  # padded never win
+        iou.masked_fill_(~gt_valid[..., None], -1.0)  # padded GTs never win
 
         best_iou, best_gt = iou.max(dim=1)  # (B, N) each
         matched = torch.where(best_iou < self.fg_iou, IGNORED, best_gt)

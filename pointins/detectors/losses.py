@@ -14,9 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from pointins.detectors.box_coders import BoxCoder
+from pointins.detectors.focal_loss import sigmoid_focal_loss
 from pointins.structures import Assignment
 
 
@@ -37,14 +38,9 @@ def classification_loss(
     ``cls_logits`` ``(B, N, C)``; positives (``matched_idxs >= 0``) have target 1 at
     their GT label, background (``-1``) all zeros, ignored (``-2``) are left out.
     """
-    num_classes = cls_logits.shape[-1]
-    positive = assignment.matched_idxs >= 0  # (B, N)
-    valid = assignment.matched_idxs != -2  # (B, N)
-    one_hot = F.one_hot(assignment.gt_labels.clamp(min=0), num_classes)  # (B, N, C)
-    targets = (one_hot * positive[..., None]).to(cls_logits.dtype)  # (B, N, C)
-    return sigmoid_focal_loss(
-        cls_logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum"
-    )
+    matched = assignment.matched_idxs  # (B, N): >= 0 positive, -1 background, -2 ignored
+    labels = torch.where(matched >= 0, assignment.gt_labels, matched)  # (B, N)
+    return sigmoid_focal_loss(cls_logits, labels, alpha=alpha, gamma=gamma)
 
 
 def retinanet_losses(

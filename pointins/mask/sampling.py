@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import roi_align
 
+from pointins.box_ops import box_iou
 from pointins.structures import InstanceQueries
 from pointins.sync_free import count_per_index, to_device
 
@@ -74,10 +75,10 @@ def anchor_condition_iou(
     num = anchors.shape[0]
     if num_gt == 0:
         return torch.full((batch, num), -1, dtype=torch.long, device=anchors.device)
-    iou = box_iou(anchors, gt_boxes.reshape(-1, 4).to(anchors.dtype))  # (N, B * G)
-    iou = iou.reshape(num, batch, num_gt).permute(1, 0, 2)  # (B, N, G)
-    iou = iou.masked_fill(~gt_valid[:, None, :], -1.0)  # padded GTs never win
-    best_iou, best_gt = iou.max(dim=2)  # (B, N), (B, N)
+    iou = box_iou(gt_boxes.reshape(-1, 4).to(anchors.dtype), anchors)  # (B * G, N)
+    iou = iou.reshape(batch, num_gt, num)  # (B, G, N)
+    iou.masked_fill_(~gt_valid[..., None], -1.0)  # padded GTs never win
+    best_iou, best_gt = iou.max(dim=1)  # (B, N), (B, N)
     return torch.where(best_iou > thresh, best_gt, torch.full_like(best_gt, -1))
 
 
@@ -300,13 +301,18 @@ def mask_targets(
 ) -> Tensor:
     """GT masks cropped to the queries' target boxes, resized to ``size x size``, binarised.
 
-    The masks that queries reference are gathered into one ``(U, H_max, W_max)`` stack
-    (zero-padded to the largest image) and cropped with a single
-    ``torchvision.ops.roi_align`` call, ``aligned=True`` (pixel ``(i, j)`` covers
-    ``[j, j+1] x [i, i+1]``, the box convention of the package) and ``sampling_ratio``
-    bilinear samples per bin side (2 by default: a fixed 2x2 samples per output pixel,
-    cheap and deterministic; ``0`` = adaptive, averaging more samples for big boxes).
-    The result is thresholded at 0.5.
+    One ``torchvision.ops.roi_align`` call per image, on the GT masks its queries
+    reference, at the image's own size (as torchvision's Mask R-CNN crops its targets):
+    ``aligned=True`` (pixel ``(i, j)`` covers ``[j, j+1] x [i, i+1]``, the box convention
+    of the package) and ``sampling_ratio`` bilinear samples per bin side (2 by default: a
+    fixed 2x2 samples per output pixel, cheap and deterministic; ``0`` = adaptive,
+    averaging more samples for big boxes). The result is thresholded at 0.5.
+
+    Only one image's referenced masks are ever float at a time, at its own size: a
+    target does not depend on the other images of the batch, and the transient is
+    ``max_i U_i h_i w_i`` floats rather than ``U H_max W_max`` (all referenced masks
+    padded to the batch's largest image), which had been the largest transient of a
+    PointINS training step.
 
     Args:
         gt_masks: one ``(G_i, h_i, w_i)`` uint8/bool tensor per image, in input pixels.
@@ -320,31 +326,21 @@ def mask_targets(
         raise ValueError("sampling.py: mask_targets needs queries.gt_idx; use sample_queries.")
     boxes = queries.target_boxes
     dtype = boxes.dtype if boxes.dtype.is_floating_point else torch.float32
-    num = boxes.shape[0]
-    if num == 0:
-        return boxes.new_zeros((0, size, size), dtype=dtype)
-    device = boxes.device
-    counts = [int(m.shape[0]) for m in gt_masks]
-    h_max = max(int(m.shape[-2]) for m in gt_masks)
-    w_max = max(int(m.shape[-1]) for m in gt_masks)
-    # global GT id = first GT of the image + index within it
-    starts = to_device([0] + counts[:-1], device).cumsum(0)  # (B,)
-    global_id = starts[queries.batch_idx] + queries.gt_idx  # (N,)
-    used, inverse = torch.unique(global_id, return_inverse=True)  # (U,), (N,)
-    # per-image list at the API edge -> one padded uint8 stack of all GTs (cheap), then
-    # only the referenced ones become float
-    stack = torch.cat(
-        [
-            torch.nn.functional.pad(
-                m.to(device=device, dtype=torch.uint8),
-                (0, w_max - m.shape[-1], 0, h_max - m.shape[-2]),
-            )
-            for m in gt_masks
-        ]
-    )  # (sum G_i, H_max, W_max)
-    masks = stack[used].to(dtype)[:, None]  # (U, 1, H_max, W_max)
-    rois = torch.cat([inverse[:, None].to(dtype), boxes.to(dtype)], dim=1)  # (N, 5)
-    crops = roi_align(
-        masks, rois, (size, size), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
-    )  # (N, 1, size, size)
-    return (crops[:, 0] >= 0.5).to(dtype)  # (N, size, size)
+    targets = boxes.new_zeros((boxes.shape[0], size, size), dtype=dtype)  # (N, size, size)
+    if boxes.shape[0] == 0:
+        return targets
+    for image, masks in enumerate(gt_masks):  # a loop over images, vectorised within each
+        rows = (queries.batch_idx == image).nonzero(as_tuple=True)[0]  # (N_i,)
+        if rows.numel() == 0:
+            continue
+        used, inverse = torch.unique(queries.gt_idx[rows], return_inverse=True)  # (U_i,), (N_i,)
+        crops = roi_align(
+            masks.to(boxes.device)[used].to(dtype)[:, None],  # (U_i, 1, h_i, w_i)
+            torch.cat([inverse[:, None].to(dtype), boxes[rows].to(dtype)], dim=1),  # (N_i, 5)
+            (size, size),
+            spatial_scale=1.0,
+            sampling_ratio=sampling_ratio,
+            aligned=True,
+        )  # (N_i, 1, size, size)
+        targets[rows] = (crops[:, 0] >= 0.5).to(dtype)
+    return targets  # (N, size, size)
