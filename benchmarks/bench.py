@@ -20,7 +20,8 @@ Rows:
   R-CNN on our backbone and FPN (``benchmarks.torchvision_baseline.build_maskrcnn``:
   width-matched) and the stock ``maskrcnn_resnet50_fpn`` built without weights;
 * training seconds/iteration and peak memory at the recipe's batch size, PointINS and
-  Mask R-CNN (width-matched), on one real batch of the embedded training data;
+  Mask R-CNN (width-matched), on one real batch of the embedded training data, and
+  PointINS with ``model.detector.checkpoint_towers=true`` (memory for time);
 * inference time against the number of detections (``--detection-counts``) and the
   input size (``--scales``, T11's 400 / 600 / 800);
 * the training dataloader alone (default worker count), images/second;
@@ -29,10 +30,18 @@ Rows:
 
 ``--only infer train loader eval_memory`` runs a subset of the measurements.
 
-Peak memory (:class:`PeakMemory`): on CUDA ``torch.cuda.max_memory_allocated`` during the
-measured calls minus what was allocated before them; on CPU the process's peak resident
-set (``ru_maxrss``) minus its resident set before them. Either way the working memory of
-the measured loop, model weights excluded.
+Peak memory, the working memory of the measured calls, model weights excluded:
+
+* ``peak_mib`` (the tables' "peak MiB" and the ratios): the most bytes held by tensors
+  during one call over what they held when it began. On CUDA the allocator's peak
+  (``torch.cuda.max_memory_allocated``); on CPU the profiler's allocation events, added
+  up in order (:func:`tensor_peak_mib`). This is what the computation needs, whatever the
+  allocator makes of it.
+* ``rss_mib`` (CPU only, "peak RSS MiB"): the process's peak resident set (``ru_maxrss``)
+  over its resident set before the measured calls (:class:`PeakMemory`). It adds glibc's
+  arenas and fragmentation, which move it by up to ±50 MiB between runs of the same
+  code on the 2-core machine (Mask R-CNN's training step: 1131 to 1229 MiB in four runs),
+  as much as the differences between the models.
 
 The Markdown table goes to stdout and, with the raw numbers, to ``--out``
 (``outputs/bench/bench.json`` and ``bench.md``).
@@ -41,9 +50,11 @@ The Markdown table goes to stdout and, with the raw numbers, to ``--out``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import multiprocessing as mp
+import os
 import platform
 import resource
 import statistics
@@ -57,6 +68,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from benchmarks.torchvision_baseline import (
@@ -138,9 +151,35 @@ class PeakMemory:
         return _rss_mib() - self._base
 
 
+def tensor_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
+    """The most memory tensors hold during ``fn()`` over what they held when it began, MiB.
+
+    CUDA: the caching allocator's peak statistics. CPU: one call under ``torch.profiler``
+    with ``profile_memory``, whose allocation (+) and free (-) events, in time order, add
+    up to the bytes held at each moment.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / (1 << 20)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == DeviceType.CPU
+    )
+    return max(itertools.accumulate((n for _, n in changes), initial=0)) / (1 << 20)
+
+
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:
     """Median seconds of ``fn()`` over ``repeats`` after ``warmup`` calls, the peak memory
-    (MiB) those calls needed, and the last call's output."""
+    (MiB) a call needs (``peak_mib``: tensors, :func:`tensor_peak_mib`, one more call; on
+    CPU also ``rss_mib``, the resident set's growth over all of them) and the last
+    output."""
     with PeakMemory(device) as memory:
         for _ in range(warmup):
             fn()
@@ -151,12 +190,15 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: i
             output = fn()
             _sync(device)
             times.append(time.perf_counter() - start)
-    return {
+    result = {
         "seconds": statistics.median(times),
-        "peak_mib": memory.mib,
+        "peak_mib": tensor_peak_mib(fn, device),
         "times": times,
         "output": output,
     }
+    if device.type != "cuda":
+        result["rss_mib"] = memory.mib
+    return result
 
 
 # ------------------------------------------------------------------------- models
@@ -413,6 +455,16 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         cases += [
             {"kind": "train", "model": m, "amp": amp} for m in (*POINTINS, *DETECTORS, MASKRCNN)
         ]
+        cases += [
+            {
+                "kind": "train",
+                "model": m,
+                "amp": amp,
+                "variant": "checkpoint_towers",
+                "overrides": ["model.detector.checkpoint_towers=true"],
+            }
+            for m in POINTINS
+        ]
     for n in args.detection_counts:
         cases += [
             {"kind": "infer", "model": m, "detections": n, "table": "detections"}
@@ -455,7 +507,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
 
     def find(**kw) -> dict | None:
         for case, res in results:
-            if all(case.get(k) == v for k, v in kw.items()) and "table" not in case:
+            plain = "table" not in case and "variant" not in case
+            if all(case.get(k) == v for k, v in kw.items()) and plain:
                 return res
         return None
 
@@ -497,21 +550,28 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     if shares:
         lines += ["", "Mask module share of PointINS inference (1 − t(mask=none) / t(PointINS)):"]
         lines += ["", *shares]
+    rss = args.device != "cuda"
     if "train" in kinds:
         lines += [
             "",
             "| training | precision | s/iter | × Mask R-CNN (speed) | peak MiB "
-            "| × Mask R-CNN (mem) |",
-            "|---|---|---:|---:|---:|---:|",
+            "| × Mask R-CNN (mem) |" + (" peak RSS MiB | × Mask R-CNN (RSS) |" if rss else ""),
+            "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if rss else ""),
         ]
     for case, res in results:
         if case["kind"] == "train":
             amp = case.get("amp", False)
             base = find(kind="train", model=MASKRCNN, amp=amp)
+            label = " + ".join([case["model"], *filter(None, [case.get("variant")])])
             lines.append(
-                f"| {case['model']} | {precision[amp]} | {res['seconds']:.3f} "
+                f"| {label} | {precision[amp]} | {res['seconds']:.3f} "
                 f"| {base['seconds'] / res['seconds']:.2f} | {res['peak_mib']:.0f} "
                 f"| {res['peak_mib'] / base['peak_mib']:.2f} |"
+                + (
+                    f" {res['rss_mib']:.0f} | {res['rss_mib'] / base['rss_mib']:.2f} |"
+                    if rss
+                    else ""
+                )
             )
     for table, key, label in (
         ("detections", "detections", "detections/img"),
@@ -607,6 +667,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    # the CPU memory readings start torch.profiler; its kineto backend otherwise logs an
+    # ERROR line per case on a machine without a GPU ("gpuGetDeviceCount failed")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     results = []
     cases = plan(args)
     run = case_runner(args.device)

@@ -40,8 +40,24 @@ TINY = [
 def test_measure_reports_the_median_and_counts_every_call() -> None:
     calls = []
     result = bench.measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
-    assert len(calls) == 7 and len(result["times"]) == 5
+    assert len(calls) == 8 and len(result["times"]) == 5  # and one for the memory peak
     assert result["seconds"] == sorted(result["times"])[2]
+
+
+def test_tensor_peak_is_the_most_held_at_once_over_the_start() -> None:
+    held = torch.zeros(1 << 20)  # 4 MiB allocated before: not counted, freed inside: no credit
+    mib = 1 << 18  # float32 elements per MiB
+
+    def work() -> None:
+        nonlocal held
+        held = None
+        a = torch.ones(3 * mib)  # 3 MiB
+        b = torch.ones(5 * mib)  # 8 MiB held: the peak
+        del a, b
+        c = torch.ones(6 * mib)  # 6 MiB
+        del c
+
+    assert bench.tensor_peak_mib(work, torch.device("cpu")) == pytest.approx(8.0, abs=0.01)
 
 
 @pytest.mark.slow

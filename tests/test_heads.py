@@ -76,3 +76,34 @@ def test_predictions_are_fp32_under_bf16_autocast(head_cls):
     predictions = [*out.cls_logits, *out.box_regression, *(out.centerness or [])]
     assert all(p.dtype == torch.float32 for p in predictions)
     assert all(f.dtype == torch.bfloat16 for f in out.poi_features)
+
+
+@pytest.mark.parametrize("make", [RetinaNetHead, FCOSHead], ids=["retinanet", "fcos"])
+def test_checkpointed_towers_change_nothing_but_what_is_held(make):
+    """``checkpoint_towers``: same outputs and gradients, same state-dict keys, and the
+    backward pass holds the towers' inputs and outputs instead of every layer."""
+    kwargs = {"num_convs": 3, "conv_dim": 32}
+    plain = make(32, 3, 9 if make is RetinaNetHead else 2, **kwargs)
+    checkpointed = make(32, 3, 9 if make is RetinaNetHead else 2, checkpoint_towers=True, **kwargs)
+    checkpointed.load_state_dict(plain.state_dict())  # keys unchanged: checkpoints load
+    feats = [f.requires_grad_() for f in _features()]
+
+    def run(head):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = head(feats)
+        outputs = (*out.cls_logits, *out.box_regression, *(out.centerness or []))
+        loss = sum(x.square().sum() for x in outputs)
+        grads = torch.autograd.grad(loss, [*head.parameters(), *feats])
+        return out, grads, sum(t.numel() for t in saved)
+
+    ref, ref_grads, ref_saved = run(plain)
+    out, grads, saved = run(checkpointed)
+    expected, got = (*ref.cls_logits, *ref.poi_features), (*out.cls_logits, *out.poi_features)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ref_grads, grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert saved < 0.5 * ref_saved
+    with torch.no_grad():  # inference: nothing to recompute, nothing checkpointed
+        assert torch.equal(checkpointed(feats).cls_logits[0], plain(feats).cls_logits[0])

@@ -145,6 +145,7 @@ class RetinaNet(DenseDetector):
         conv_dim: int = 256,
         prior_prob: float = 0.01,
         group_norm: bool = False,
+        checkpoint_towers: bool = False,
         octave_base_scale: float = 4,
         scales_per_octave: int = 3,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -171,6 +172,7 @@ class RetinaNet(DenseDetector):
             conv_dim,
             prior_prob,
             group_norm,
+            checkpoint_towers,
         )
         self.box_coder = DeltaBoxCoder(scale_clamp=math.log(1000.0 / 16))
         self.assigner = IoUAssigner(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches)
@@ -211,6 +213,7 @@ class FCOS(DenseDetector):
         conv_dim: int = 256,
         prior_prob: float = 0.01,
         group_norm: bool = True,
+        checkpoint_towers: bool = False,
         center_sampling_radius: float = 1.5,
         size_ranges: Sequence[Sequence[float]] = FCOS_SIZE_RANGES,
         focal_alpha: float = 0.25,
@@ -235,6 +238,7 @@ class FCOS(DenseDetector):
             conv_dim,
             prior_prob,
             group_norm,
+            checkpoint_towers,
         )
         self.box_coder = LTRBBoxCoder()
         self.assigner = FCOSAssigner(center_sampling_radius, size_ranges)

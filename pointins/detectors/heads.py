@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from pointins.structures import DenseOutputs
@@ -26,15 +27,38 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= 2)
 
 
-def tower(in_channels: int, conv_dim: int, num_convs: int, group_norm: bool) -> nn.Sequential:
-    """num_convs × (conv3×3 [+ GroupNorm(32 groups, fewer below 64 channels)] + ReLU)."""
-    layers: list[nn.Module] = []
-    for i in range(num_convs):
-        layers.append(nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1))
-        if group_norm:
-            layers.append(nn.GroupNorm(num_groups(conv_dim), conv_dim))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+class Tower(nn.Sequential):
+    """num_convs × (conv3×3 [+ GroupNorm(32 groups, fewer below 64 channels)] + ReLU).
+
+    With ``checkpoint``, a training forward keeps only the tower's input and output for
+    the backward pass, and recomputes the layers in between there
+    (``torch.utils.checkpoint``, non-reentrant). Four convolutions on P3–P7 per tower are
+    the largest activations of a dense detector after the backbone; on the 2-core CPU
+    demo, checkpointing both towers of PointINS-RetinaNet cuts the training step's peak
+    from 758 to 668 MiB and costs 12 % of its time (README, "Speed and memory").
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        conv_dim: int,
+        num_convs: int,
+        group_norm: bool,
+        checkpoint: bool = False,
+    ) -> None:
+        layers: list[nn.Module] = []
+        for i in range(num_convs):
+            layers.append(nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1))
+            if group_norm:
+                layers.append(nn.GroupNorm(num_groups(conv_dim), conv_dim))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+        self.checkpoint = checkpoint
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(super().forward, x, use_reentrant=False)
+        return super().forward(x)
 
 
 def _init_convs(module: nn.Module) -> None:
@@ -74,12 +98,13 @@ class RetinaNetHead(nn.Module):
         conv_dim: int = 256,
         prior_prob: float = 0.01,
         group_norm: bool = False,
+        checkpoint_towers: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-        self.cls_tower = tower(in_channels, conv_dim, num_convs, group_norm)
-        self.reg_tower = tower(in_channels, conv_dim, num_convs, group_norm)
+        self.cls_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
+        self.reg_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
         self.cls_logits = nn.Conv2d(conv_dim, num_anchors * num_classes, 3, padding=1)
         self.box_regression = nn.Conv2d(conv_dim, num_anchors * 4, 3, padding=1)
         _init_convs(self)
@@ -109,12 +134,13 @@ class FCOSHead(nn.Module):
         conv_dim: int = 256,
         prior_prob: float = 0.01,
         group_norm: bool = True,
+        checkpoint_towers: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = 1
-        self.cls_tower = tower(in_channels, conv_dim, num_convs, group_norm)
-        self.reg_tower = tower(in_channels, conv_dim, num_convs, group_norm)
+        self.cls_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
+        self.reg_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
         self.cls_logits = nn.Conv2d(conv_dim, num_classes, 3, padding=1)
         self.box_regression = nn.Conv2d(conv_dim, 4, 3, padding=1)
         self.centerness = nn.Conv2d(conv_dim, 1, 3, padding=1)
