@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.ops
 
+from benchmarks.bench import tensor_peak_mib
 from pointins.detectors.focal_loss import sigmoid_focal_loss
 
 
@@ -88,3 +89,17 @@ def test_saves_only_its_inputs_for_backward() -> None:
 def test_bad_shapes_name_what_is_expected(logits, labels, match) -> None:
     with pytest.raises(ValueError, match=match):
         sigmoid_focal_loss(logits, labels)
+
+
+def test_working_memory_is_about_the_gradient_alone() -> None:
+    """Forward and backward together need little more than the ``(B, N, C)`` gradient they
+    return: the arithmetic runs image by image. torchvision's needs several times that."""
+    logits, labels = _inputs(torch.float32, batch=4, anchors=10_000, classes=80)
+    logits_mib = logits.numel() * 4 / (1 << 20)
+    cpu = torch.device("cpu")
+
+    def step(loss_fn):
+        return lambda: torch.autograd.grad(loss_fn(logits, labels, 0.25, 2.0), logits)
+
+    assert tensor_peak_mib(step(sigmoid_focal_loss), cpu) < 2.5 * logits_mib
+    assert tensor_peak_mib(step(_torchvision), cpu) > 5.0 * logits_mib

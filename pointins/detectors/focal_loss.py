@@ -32,21 +32,50 @@ from pointins.detectors.assigners import IGNORED
 
 
 def _target_mask(labels: Tensor, num_classes: int) -> Tensor:
-    """``(B, N)`` labels -> ``(B, N, C)`` bool, True at each anchor's target class."""
+    """``(N,)`` labels -> ``(N, C)`` bool, True at each anchor's target class."""
     classes = torch.arange(num_classes, device=labels.device)  # (C,)
-    return labels[..., None] == classes  # (B, N, C); background and ignored match none
+    return labels[:, None] == classes  # (N, C); background and ignored match none
 
 
 def _valid(labels: Tensor) -> Tensor:
-    return (labels != IGNORED)[..., None]  # (B, N, 1)
+    return (labels != IGNORED)[:, None]  # (N, 1)
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def _image_loss(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Summed loss of one image's ``(N, C)`` logits; transients: three ``(N, C)`` floats."""
+    target = _target_mask(labels, logits.shape[-1])  # (N, C)
+    x = _at_least_fp32(logits)
+    z = torch.where(target, x, -x)  # (N, C): s * x
+    loss = F.logsigmoid(z)  # log q
+    loss.mul_(z.neg_().sigmoid_().pow_(gamma))  # * (1 - q)^gamma, in z's memory
+    del z
+    loss.mul_(torch.where(target, -alpha, alpha - 1.0))  # * -alpha_t
+    return loss.mul_(_valid(labels)).sum()
+
+
+def _image_grad(logits: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """d(summed loss) / d(logits) of one image, ``(N, C)`` at least float32."""
+    target = _target_mask(labels, logits.shape[-1])  # (N, C)
+    x = _at_least_fp32(logits)
+    z = torch.where(target, x, -x)  # (N, C): s * x
+    grad = F.logsigmoid(z)  # log q
+    q = z.sigmoid_()  # q, in z's memory
+    grad.mul_(q).mul_(gamma).add_(q).sub_(1.0)  # gamma q log q - (1 - q)
+    grad.mul_(q.neg_().add_(1.0).pow_(gamma))  # * (1 - q)^gamma
+    grad.mul_(torch.where(target, alpha, alpha - 1.0))  # * s * alpha_t
+    return grad.mul_(_valid(labels))
+
+
 class SigmoidFocalLoss(torch.autograd.Function):
-    """Summed sigmoid focal loss of ``(B, N, C)`` logits against ``(B, N)`` labels."""
+    """Summed sigmoid focal loss of ``(B, N, C)`` logits against ``(B, N)`` labels.
+
+    Image by image, so that the arithmetic's transients are those of one image's
+    ``(N, C)`` scores (a loop over the batch, not over anchors).
+    """
 
     @staticmethod
     def forward(
@@ -55,31 +84,21 @@ class SigmoidFocalLoss(torch.autograd.Function):
         ctx.save_for_backward(logits, labels)
         ctx.alpha, ctx.gamma = alpha, gamma
         with torch.autocast(logits.device.type, enabled=False):
-            target = _target_mask(labels, logits.shape[-1])  # (B, N, C)
-            x = _at_least_fp32(logits)
-            z = torch.where(target, x, -x)  # (B, N, C): s * x
-            loss = F.logsigmoid(z)  # log q
-            loss.mul_(z.neg_().sigmoid_().pow_(gamma))  # * (1 - q)^gamma, in z's memory
-            del z
-            loss.mul_(torch.where(target, -alpha, alpha - 1.0))  # * -alpha_t
-            return loss.mul_(_valid(labels)).sum()
+            total = _at_least_fp32(logits.new_zeros(()))
+            for image_logits, image_labels in zip(logits, labels, strict=True):
+                total += _image_loss(image_logits, image_labels, alpha, gamma)
+            return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         logits, labels = ctx.saved_tensors
-        alpha, gamma = ctx.alpha, ctx.gamma
+        grad = torch.empty_like(logits)  # (B, N, C) in the logits' dtype
         with torch.autocast(logits.device.type, enabled=False):
-            target = _target_mask(labels, logits.shape[-1])  # (B, N, C)
-            x = _at_least_fp32(logits)
-            z = torch.where(target, x, -x)  # (B, N, C): s * x
-            grad = F.logsigmoid(z)  # log q
-            q = z.sigmoid_()  # q, in z's memory
-            grad.mul_(q).mul_(gamma).add_(q).sub_(1.0)  # gamma q log q - (1 - q)
-            grad.mul_(q.neg_().add_(1.0).pow_(gamma))  # * (1 - q)^gamma
-            grad.mul_(torch.where(target, alpha, alpha - 1.0))  # * s * alpha_t
-            grad.mul_(_valid(labels)).mul_(grad_out)
-        return grad.to(logits.dtype), None, None, None
+            for i, (image_logits, image_labels) in enumerate(zip(logits, labels, strict=True)):
+                image_grad = _image_grad(image_logits, image_labels, ctx.alpha, ctx.gamma)
+                grad[i] = image_grad.mul_(grad_out)  # (N, C)
+        return grad, None, None, None
 
 
 def sigmoid_focal_loss(
