@@ -39,9 +39,9 @@ Peak memory, the working memory of the measured calls, model weights excluded:
   allocator makes of it.
 * ``rss_mib`` (CPU only, "peak RSS MiB"): the process's peak resident set (``ru_maxrss``)
   over its resident set before the measured calls (:class:`PeakMemory`). It adds glibc's
-  arenas and fragmentation, which move it by up to ±50 MiB between runs of the same
-  code on the 2-core machine (Mask R-CNN's training step: 1131 to 1229 MiB in four runs),
-  as much as the differences between the models.
+  arenas and fragmentation, which move it by up to ±80 MiB between runs of the same
+  code on the 2-core machine (Mask R-CNN's training step: 1073 to 1229 MiB in seven
+  runs), as much as the differences between the models.
 
 The Markdown table goes to stdout and, with the raw numbers, to ``--out``
 (``outputs/bench/bench.json`` and ``bench.md``).
