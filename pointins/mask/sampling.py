@@ -14,9 +14,11 @@ At most ``num_samples`` positives per image are kept, uniformly at random; each
 becomes one row of :class:`~pointins.structures.InstanceQueries`. The same point may
 be sampled several times (through several of its anchors).
 
-Everything is vectorised over images, anchors and GTs: the GT is padded to ``(B, G)``
+Sampling is vectorised over images, anchors and GTs: the GT is padded to ``(B, G)``
 (see ``pointins/detectors/assigners.py::pad_targets``) and the only data-dependent
-step is one ``nonzero`` over the ``(B, N)`` anchor-condition matrix.
+step is one ``nonzero`` over the ``(B, N)`` anchor-condition matrix. The mask targets
+are cropped image by image (:func:`mask_targets`: one ``roi_align`` per image, at the
+image's own size).
 
 Index arithmetic (package conventions, ``pointins/structures.py``): anchors of all
 levels are concatenated, level ``l`` occupying ``H_l * W_l * A`` consecutive rows
