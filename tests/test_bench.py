@@ -74,13 +74,17 @@ def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
         ]
     )
     kinds = [case["kind"] for case, _ in results]
-    assert kinds.count("infer") == 5 + 3 + 3 and kinds.count("train") == 5
+    assert kinds.count("infer") == 5 + 3 + 3 and kinds.count("train") == 5 + 2
     for case, result in results:
         if case["kind"] == "infer":
             # the fixed detection count is what every model is timed with
             assert result["detections_per_image"] == case.get("detections", 20), case
     table = (tmp_path / "bench" / "bench.md").read_text()
     assert "| pointins-fcos | fp32 |" in table and "Mask module share" in table
+    assert "| pointins-fcos + checkpoint_towers | fp32 |" in table and "peak RSS MiB" in table
+    for case, result in results:
+        if case["kind"] in ("infer", "train"):
+            assert result["peak_mib"] > 0 and "rss_mib" in result, case  # CPU: both
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert len(saved["results"]) == len(results)
 
