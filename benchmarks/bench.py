@@ -550,7 +550,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     if shares:
         lines += ["", "Mask module share of PointINS inference (1 − t(mask=none) / t(PointINS)):"]
         lines += ["", *shares]
-    rss = args.device != "cuda"
+    rss = torch.device(args.device).type != "cuda"  # CPU rows carry the resident set too
     if "train" in kinds:
         lines += [
             "",
