@@ -376,3 +376,26 @@ def test_mask_targets_do_not_depend_on_the_other_images() -> None:
         aligned=True,
     )[:, 0]
     assert torch.equal(alone, (reference >= 0.5).float())
+
+
+def test_mask_targets_match_a_per_query_crop_in_any_query_order() -> None:
+    """Queries in any image order, an image without queries, GTs referenced several times
+    or not at all: every row is its own GT mask's crop at its image's size."""
+    gen = torch.Generator().manual_seed(1)
+    images = [
+        (torch.rand(g, h, w, generator=gen) > 0.4).to(torch.uint8)
+        for g, h, w in ((3, 21, 30), (2, 40, 12), (4, 17, 25))
+    ]
+    batch_idx, gt_idx = [2, 0, 2, 0, 2, 0], [3, 1, 0, 1, 3, 2]  # image 1 has no query
+    xy = torch.rand(6, 2, generator=gen) * 10
+    boxes = torch.cat([xy, xy + 4 + torch.rand(6, 2, generator=gen) * 10], dim=1).tolist()
+    targets = mask_targets(images, _queries(batch_idx, gt_idx, boxes), size=6)
+    for row, (b, g) in enumerate(zip(batch_idx, gt_idx, strict=True)):
+        crop = roi_align(
+            images[b][g].float()[None, None],
+            torch.tensor([[0.0, *boxes[row]]]),
+            (6, 6),
+            sampling_ratio=2,
+            aligned=True,
+        )[0, 0]
+        assert torch.equal(targets[row], (crop >= 0.5).float()), row

@@ -314,7 +314,8 @@ def mask_targets(
     target does not depend on the other images of the batch, and the transient is
     ``max_i U_i h_i w_i`` floats rather than ``U H_max W_max`` (all referenced masks
     padded to the batch's largest image), which had been the largest transient of a
-    PointINS training step.
+    PointINS training step. The host reads the device twice per batch, whatever its
+    size: the ``unique`` of the referenced GTs, and the per-image counts of rows and GTs.
 
     Args:
         gt_masks: one ``(G_i, h_i, w_i)`` uint8/bool tensor per image, in input pixels.
@@ -331,18 +332,35 @@ def mask_targets(
     targets = boxes.new_zeros((boxes.shape[0], size, size), dtype=dtype)  # (N, size, size)
     if boxes.shape[0] == 0:
         return targets
-    for image, masks in enumerate(gt_masks):  # a loop over images, vectorised within each
-        rows = (queries.batch_idx == image).nonzero(as_tuple=True)[0]  # (N_i,)
-        if rows.numel() == 0:
-            continue
-        used, inverse = torch.unique(queries.gt_idx[rows], return_inverse=True)  # (U_i,), (N_i,)
-        crops = roi_align(
-            masks.to(boxes.device)[used].to(dtype)[:, None],  # (U_i, 1, h_i, w_i)
-            torch.cat([inverse[:, None].to(dtype), boxes[rows].to(dtype)], dim=1),  # (N_i, 5)
-            (size, size),
-            spatial_scale=1.0,
-            sampling_ratio=sampling_ratio,
-            aligned=True,
-        )  # (N_i, 1, size, size)
-        targets[rows] = (crops[:, 0] >= 0.5).to(dtype)
+    device, num_images = boxes.device, len(gt_masks)
+    # every referenced GT once, as a global id (first GT of its image + index within it)
+    counts = [int(m.shape[0]) for m in gt_masks]
+    first_gt = [sum(counts[:i]) for i in range(num_images)]
+    global_id = to_device(first_gt, device)[queries.batch_idx] + queries.gt_idx  # (N,)
+    used, inverse = torch.unique(global_id, return_inverse=True)  # (U,) sorted, (N,)
+    used_image = torch.bucketize(used, to_device(first_gt, device), right=True) - 1  # (U,)
+    # rows and referenced GTs grouped by image; their counts in one read (one sync)
+    order = torch.argsort(queries.batch_idx, stable=True)  # (N,)
+    sizes = torch.cat(
+        [count_per_index(queries.batch_idx, num_images), count_per_index(used_image, num_images)]
+    ).tolist()
+    row_groups = order.split(sizes[:num_images])
+    used_groups = used.split(sizes[num_images:])
+    first_used = 0  # position of the image's first referenced GT in `used`
+    for image, (masks, rows, used_here) in enumerate(
+        zip(gt_masks, row_groups, used_groups, strict=True)
+    ):  # a loop over images, vectorised within each
+        if rows.numel() > 0:
+            crops = roi_align(
+                masks.to(device)[used_here - first_gt[image]].to(dtype)[:, None],  # (U_i, 1, h, w)
+                torch.cat(
+                    [(inverse[rows] - first_used)[:, None].to(dtype), boxes[rows].to(dtype)], 1
+                ),  # (N_i, 5)
+                (size, size),
+                spatial_scale=1.0,
+                sampling_ratio=sampling_ratio,
+                aligned=True,
+            )  # (N_i, 1, size, size)
+            targets[rows] = (crops[:, 0] >= 0.5).to(dtype)
+        first_used += used_here.shape[0]
     return targets  # (N, size, size)
