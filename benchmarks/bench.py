@@ -159,12 +159,10 @@ def tensor_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
     up to the bytes held at each moment.
     """
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / (1 << 20)
+        _sync(device)
+        with PeakMemory(device) as memory:
+            fn()
+        return memory.mib
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     changes = sorted(

@@ -336,9 +336,10 @@ def mask_targets(
     # every referenced GT once, as a global id (first GT of its image + index within it)
     counts = [int(m.shape[0]) for m in gt_masks]
     first_gt = [sum(counts[:i]) for i in range(num_images)]
-    global_id = to_device(first_gt, device)[queries.batch_idx] + queries.gt_idx  # (N,)
+    image_first_gt = to_device(first_gt, device)  # (B,)
+    global_id = image_first_gt[queries.batch_idx] + queries.gt_idx  # (N,)
     used, inverse = torch.unique(global_id, return_inverse=True)  # (U,) sorted, (N,)
-    used_image = torch.bucketize(used, to_device(first_gt, device), right=True) - 1  # (U,)
+    used_image = torch.bucketize(used, image_first_gt, right=True) - 1  # (U,)
     # rows and referenced GTs grouped by image; their counts in one read (one sync)
     order = torch.argsort(queries.batch_idx, stable=True)  # (N,)
     sizes = torch.cat(
