@@ -33,9 +33,13 @@ def load_checkpoint(path: str, class_names: list[str] | None = None) -> PointINS
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"ckpt_path={str(file)!r} does not exist")
-    # init_from=None: the checkpoint has the weights; its init file need not exist any more
+    # the checkpoint has the weights: neither the ImageNet weights nor init_from's file
+    # are read again, and need not exist any more
+    saved = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+    backbone = {**saved["hyper_parameters"]["backbone"], "pretrained": False}
+    backbone["checkpoint_path"] = None
     model = PointINSModule.load_from_checkpoint(
-        file, map_location="cpu", weights_only=False, init_from=None
+        file, map_location="cpu", weights_only=False, init_from=None, backbone=backbone
     )
     if class_names is not None and list(model.class_names) != list(class_names):
         raise ValueError(

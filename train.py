@@ -1,6 +1,7 @@
 """Train PointINS.
 
-python train.py                                   # paper baseline: COCO, RetinaNet R50 1x
+python train.py                                   # paper baseline: COCO, RetinaNet R50 1x,
+                                                  # from ImageNet weights
 python train.py detector=fcos backbone=r101
 python train.py experiment=shapes                 # CPU demo on the embedded data
 python train.py -m ablation=iz_inputs             # one table of the paper
@@ -16,6 +17,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pointins.backbones.pretrained import resolve_weights
 from pointins.loggers import finish_runs
 from pointins.runner import build_datamodule, build_trainer
 
@@ -25,6 +27,9 @@ log = logging.getLogger("train")
 def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    # the backbone's ImageNet weights first: offline without them, stop before reading data
+    backbone = cfg.model.backbone
+    resolve_weights(backbone.name, backbone.pretrained, backbone.checkpoint_path)
     datamodule = build_datamodule(cfg)
     model = instantiate(
         cfg.model,

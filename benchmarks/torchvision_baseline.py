@@ -93,6 +93,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from datamodules.collate import Batch
+from pointins.lit_module import p6_input
 
 log = logging.getLogger("benchmarks.torchvision_baseline")
 
@@ -179,7 +180,12 @@ class IdentityTransform(GeneralizedRCNNTransform):
 def build_pyramid(cfg: DictConfig) -> PyramidBackbone:
     """The recipe's backbone and FPN (``cfg.model.backbone``, ``cfg.model.neck``)."""
     body = instantiate(cfg.model.backbone)
-    neck = instantiate(cfg.model.neck, in_channels=body.out_channels, in_strides=body.strides)
+    neck = instantiate(
+        cfg.model.neck,
+        in_channels=body.out_channels,
+        in_strides=body.strides,
+        p6_from=p6_input(cfg.model.neck, cfg.model.detector),
+    )
     return PyramidBackbone(body, neck)
 
 

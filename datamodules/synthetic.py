@@ -32,11 +32,16 @@ image (``iter_scenes``). ``generate_shapes`` writes the COCO layout::
     root/annotations/instances_val.json
     root/.complete                              written last: generator version + arguments
 
-``layout="cityscapes"`` writes the same scenes in Cityscapes' layout instead (leftImg8bit/,
-gtFine/ instance-id PNGs and polygons; see ``datamodules.synthetic_cityscapes``).
+Other layouts hold the same scenes (``LAYOUTS``):
+
+- ``layout="coco2017"``: COCO 2017's folders and file names (train2017/, val2017/,
+  annotations/instances_{train,val}2017.json) and COCO's 80 categories, the shapes annotated
+  with 8 of them (see ``datamodules.synthetic_coco2017``);
+- ``layout="cityscapes"``: Cityscapes' layout (leftImg8bit/, gtFine/ instance-id PNGs and
+  polygons; see ``datamodules.synthetic_cityscapes``).
 
 CLI: ``python -m datamodules.synthetic --root DIR [--num-train N --num-val N --seed S]
-[--layout cityscapes]``.
+[--workers W] [--layout {coco,coco2017,cityscapes}]``.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
 GENERATOR_VERSION = 2
+LAYOUTS = ("coco", "coco2017", "cityscapes")
 
 CATEGORIES: list[dict] = [
     {"id": 1, "name": "disc", "supercategory": "curved"},
@@ -565,7 +571,9 @@ class _EncodedImage:
     jpeg: bytes
     height: int
     width: int
-    annotations: list[dict]  # COCO fields except id and image_id
+    # per instance: "label" (shape class, index into CATEGORIES), then the COCO fields
+    # segmentation, area, bbox, iscrowd (id, image_id and category_id are the writer's)
+    annotations: list[dict]
     stats: dict
 
 
@@ -587,7 +595,7 @@ def _encode_image(job: tuple[str, int, int]) -> _EncodedImage:
         area = int(mask.sum())
         annotations.append(
             {
-                "category_id": CATEGORIES[label]["id"],
+                "label": label,
                 "segmentation": mask_to_rle(mask),
                 "area": area,
                 "bbox": mask_to_bbox(mask),
@@ -603,6 +611,46 @@ def _encode_image(job: tuple[str, int, int]) -> _EncodedImage:
     return _EncodedImage(buffer.getvalue(), height, width, annotations, stats)
 
 
+@dataclass(frozen=True)
+class CocoFiles:
+    """Where a COCO-format dataset puts its splits, and the categories its files list.
+
+    image_dir, ann_file: paths relative to the dataset root; ``{split}`` stands for the
+        split name (train, val).
+    categories: the files' ``categories`` list, dicts with id, name and supercategory.
+    shape_ids: the category id of shape class ``i`` (``CATEGORIES[i]``), one per class.
+    """
+
+    image_dir: str
+    ann_file: str
+    categories: list[dict]
+    shape_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        known = {c["id"] for c in self.categories}
+        if len(self.shape_ids) != len(CATEGORIES) or not set(self.shape_ids) <= known:
+            raise ValueError(
+                f"CocoFiles: shape_ids must give one id of 'categories' to each of the "
+                f"{len(CATEGORIES)} shape classes, got {self.shape_ids}"
+            )
+
+
+# The default layout: the shape categories themselves.
+COCO_FILES = CocoFiles(
+    image_dir="images/{split}",
+    ann_file="annotations/instances_{split}.json",
+    categories=CATEGORIES,
+    shape_ids=tuple(c["id"] for c in CATEGORIES),
+)
+
+
+def _coco_annotation(ann_id: int, image_id: int, encoded: dict, shape_ids: tuple) -> dict:
+    """A COCO annotation from an encoded one: its label becomes ``shape_ids[label]``."""
+    fields = {key: value for key, value in encoded.items() if key != "label"}
+    category_id = shape_ids[encoded["label"]]
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, **fields}
+
+
 def _write_split(
     root: Path,
     split: str,
@@ -611,12 +659,14 @@ def _write_split(
     first_image_id: int,
     first_ann_id: int,
     imap: Callable[..., Iterator[_EncodedImage]] = map,
+    files: CocoFiles = COCO_FILES,
 ) -> dict:
-    """Render a split into root/images/<split>/ and root/annotations/instances_<split>.json.
+    """Render a split into ``root / files.image_dir`` and ``root / files.ann_file``.
 
     imap: ``map`` or an ordered ``Pool.imap``; the output does not depend on which.
+    Returns the split's statistics (the ``stats`` of the file's ``info``).
     """
-    image_dir = root / "images" / split
+    image_dir = root / files.image_dir.format(split=split)
     image_dir.mkdir(parents=True)
     images, annotations, stats = [], [], _empty_stats()
     ann_id = first_ann_id
@@ -635,7 +685,7 @@ def _write_split(
             }
         )
         for ann in encoded.annotations:
-            annotations.append({"id": ann_id, "image_id": image_id, **ann})
+            annotations.append(_coco_annotation(ann_id, image_id, ann, files.shape_ids))
             ann_id += 1
         for key, value in encoded.stats.items():
             stats[key] += value
@@ -658,12 +708,45 @@ def _write_split(
         "licenses": licenses,
         "images": images,
         "annotations": annotations,
-        "categories": CATEGORIES,
+        "categories": files.categories,
     }
-    (root / "annotations").mkdir(exist_ok=True)
-    with open(root / "annotations" / f"instances_{split}.json", "w") as f:
+    ann_path = root / files.ann_file.format(split=split)
+    ann_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(ann_path, "w") as f:
         json.dump(coco, f, separators=(",", ":"))
     return stats
+
+
+def _coco_files(layout: str) -> CocoFiles:
+    """The ``CocoFiles`` of a COCO-format layout (``coco`` or ``coco2017``)."""
+    if layout == "coco2017":
+        # imported here: that module builds on this one (and imports torchvision)
+        from datamodules.synthetic_coco2017 import COCO2017_FILES
+
+        return COCO2017_FILES
+    return COCO_FILES
+
+
+def _write_layout(
+    root: Path,
+    layout: str,
+    num_train: int,
+    num_val: int,
+    seed: int,
+    imap: Callable[..., Iterator],
+) -> None:
+    """Write the train and val splits of ``layout`` (one of ``LAYOUTS``) into ``root``."""
+    if layout == "cityscapes":
+        # imported here: that module builds on this one
+        from datamodules.synthetic_cityscapes import write_cityscapes_split
+
+        write_cityscapes_split(root, "train", num_train, seed, imap)
+        write_cityscapes_split(root, "val", num_val, seed, imap)
+        return
+    files = _coco_files(layout)
+    train = _write_split(root, "train", num_train, seed, 1, 1, imap, files)
+    val_first_ann = train["instances"] + train["crowd"] + 1
+    _write_split(root, "val", num_val, seed, num_train + 1, val_first_ann, imap, files)
 
 
 # --------------------------------------------------------------------------------------
@@ -728,10 +811,11 @@ def generate_shapes(
 
     workers: processes rendering images (0: in this process; None: by size and CPU count).
     The files are byte-identical whatever the number of workers.
-    layout: ``coco``, or ``cityscapes`` for the same scenes in Cityscapes' layout.
+    layout: one of ``LAYOUTS``: ``coco`` (this module's layout), ``coco2017`` (COCO 2017's
+    folders and 80 categories) or ``cityscapes``, all holding the same scenes.
     """
-    if layout not in ("coco", "cityscapes"):
-        raise ValueError(f"generate_shapes: layout must be 'coco' or 'cityscapes', got {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"generate_shapes: layout must be one of {LAYOUTS}, got {layout!r}")
     root = Path(root)
     for name, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed)):
         if not isinstance(value, int) or value < 0:
@@ -750,16 +834,7 @@ def generate_shapes(
     try:
         imap = partial(pool.imap, chunksize=4) if pool is not None else map
         tmp.mkdir()
-        if layout == "cityscapes":
-            # imported here: that module builds on this one
-            from datamodules.synthetic_cityscapes import write_cityscapes_split
-
-            write_cityscapes_split(tmp, "train", num_train, seed, imap)
-            write_cityscapes_split(tmp, "val", num_val, seed, imap)
-        else:
-            train = _write_split(tmp, "train", num_train, seed, 1, 1, imap)
-            val_first_ann = train["instances"] + train["crowd"] + 1
-            _write_split(tmp, "val", num_val, seed, num_train + 1, val_first_ann, imap)
+        _write_layout(tmp, layout, num_train, num_val, seed, imap)
         (tmp / MARKER).write_text(json.dumps(marker, sort_keys=True))
         if root.is_dir() and not any(root.iterdir()):
             root.rmdir()
@@ -776,11 +851,34 @@ def generate_shapes(
 
 
 def dataset_stats(root: str | Path) -> dict[str, dict]:
-    """Per split: images, empty images, instances per area range, crowd, occluded, dropped."""
+    """Per split of a COCO-format layout, keyed by its annotation file's name without
+    ``instances_`` (train, val; train2017, val2017): images, empty images, instances per area
+    range, crowd, occluded, dropped."""
     out = {}
     for path in sorted((Path(root) / "annotations").glob("instances_*.json")):
         out[path.stem.removeprefix("instances_")] = json.loads(path.read_text())["info"]["stats"]
     return out
+
+
+def _summary_title(root: Path, layout: str) -> str:
+    """First line of the CLI summary: where the dataset is and its categories."""
+    if layout == "cityscapes":
+        return (
+            f"synthetic shapes in the Cityscapes layout at {root} (classes: see "
+            "datamodules/synthetic_cityscapes.py)"
+        )
+    files = _coco_files(layout)
+    ids = [c["id"] for c in files.categories]
+    if layout == "coco":
+        return f"synthetic shapes at {root} ({len(ids)} classes, ids {ids})"
+    names = {c["id"]: c["name"] for c in files.categories}
+    shapes = ", ".join(
+        f"{c['name']} -> {i} {names[i]}" for c, i in zip(CATEGORIES, files.shape_ids, strict=True)
+    )
+    return (
+        f"synthetic shapes in the COCO 2017 layout at {root} ({len(ids)} COCO categories, "
+        f"ids {ids[0]}..{ids[-1]}; annotated: {shapes})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -790,24 +888,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="0: no worker processes")
-    parser.add_argument("--layout", choices=("coco", "cityscapes"), default="coco")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="coco",
+        help="coco: images/<split>/ and the 8 shape categories; coco2017: COCO 2017's folders "
+        "and 80 categories; cityscapes: leftImg8bit/ and gtFine/",
+    )
     args = parser.parse_args(argv)
     root = generate_shapes(
         args.root, args.num_train, args.num_val, args.seed, args.workers, args.layout
     )
+    print(_summary_title(root, args.layout))
     if args.layout == "cityscapes":
-        print(
-            f"synthetic shapes in the Cityscapes layout at {root} (classes: see "
-            "datamodules/synthetic_cityscapes.py)"
-        )
         return
-    print(
-        f"synthetic shapes at {root} ({len(CATEGORIES)} classes, ids "
-        f"{[c['id'] for c in CATEGORIES]})"
-    )
-    for split, s in dataset_stats(root).items():
+    stats = dataset_stats(root)
+    width = max(map(len, stats), default=0)
+    for split, s in stats.items():
         print(
-            f"  {split:5s}: {s['images']} images ({s['empty_images']} empty), "
+            f"  {split:{width}s}: {s['images']} images ({s['empty_images']} empty), "
             f"{s['instances']} instances (small {s['small']}, medium {s['medium']}, "
             f"large {s['large']}; {s['occluded']} partly occluded), {s['crowd']} crowd "
             f"regions, {s['dropped']} dropped as (nearly) fully occluded"

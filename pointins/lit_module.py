@@ -11,11 +11,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from pointins.checkpoints import init_from_checkpoint
 from pointins.model import MaskSampling, PointINS
+from pointins.schedules import milestones_past_the_end, scale_to_batch
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,12 @@ def _plain(cfg: Any) -> Any:
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def p6_input(neck: Mapping, detector: Mapping) -> str:
+    """The FPN's P6 input: ``neck.p6_from`` if set, else the detector's own (RetinaNet: C5,
+    FCOS: P5, as in the original detectors)."""
+    return neck.get("p6_from") or get_class(detector["_target_"]).p6_from
 
 
 def build_model(
@@ -38,7 +45,12 @@ def build_model(
     """Instantiate backbone → FPN → detector → mask module, wiring the widths and strides
     each part derives from the previous one (nothing is typed twice in the configs)."""
     backbone_m = instantiate(backbone)
-    neck_m = instantiate(neck, in_channels=backbone_m.out_channels, in_strides=backbone_m.strides)
+    neck_m = instantiate(
+        neck,
+        in_channels=backbone_m.out_channels,
+        in_strides=backbone_m.strides,
+        p6_from=p6_input(neck, detector),
+    )
     detector_m = instantiate(
         detector,
         in_channels=neck_m.out_channels,
@@ -102,7 +114,6 @@ class PointINSModule(pl.LightningModule):
             "init_from": init_from,
             "compile": compile,
         }
-        self.save_hyperparameters(hparams)
         self.class_names = list(class_names)
         self.category_ids = hparams["category_ids"]
         self.model = build_model(
@@ -113,6 +124,10 @@ class PointINSModule(pl.LightningModule):
             len(self.class_names),
             det_weight,
         )
+        # the normalisation actually built (norm=auto depends on the weights): a checkpoint
+        # rebuilt without the ImageNet weights gets the same layers
+        hparams["backbone"] = {**hparams["backbone"], "norm": self.model.backbone.norm}
+        self.save_hyperparameters(hparams)
         if init_from is not None:
             init_from_checkpoint(self, init_from)  # logs what was loaded and re-initialised
         if compile:
@@ -172,17 +187,64 @@ class PointINSModule(pl.LightningModule):
 
     # ------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(self.hparams.optim["optimizer"])(params)
+        optim = self.hparams.optim
         total = self.trainer.estimated_stepping_batches  # also sets num_training_batches
         steps_per_epoch = max(
             1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
         )
+        lr, warmup_steps = self._batch_scaled(optim)
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(optim["optimizer"], lr=lr)(params)
+        scheduler_cfg = optim["scheduler"]
         log.info("%d optimiser steps in total, %d per epoch", total, steps_per_epoch)
-        scheduler = instantiate(self.hparams.optim["scheduler"])(
+        late = milestones_past_the_end(
+            scheduler_cfg["milestones"], steps_per_epoch, total, scheduler_cfg.get("unit", "epoch")
+        )
+        if late:
+            log.warning(
+                "optim.scheduler.milestones %s lie at or beyond the end of this run (%d steps, "
+                "%s epochs): the learning rate never decays there. Shorten the milestones with "
+                "the schedule, e.g. optim.scheduler.milestones=[...] beside trainer.max_epochs.",
+                late,
+                total,
+                self.trainer.max_epochs,
+            )
+        scheduler = instantiate(scheduler_cfg, warmup_steps=warmup_steps)(
             optimizer, steps_per_epoch=steps_per_epoch
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _batch_scaled(self, optim: Mapping) -> tuple[float, int]:
+        """Learning rate and warm-up for the run's total batch (``optim.auto_scale_lr``)."""
+        lr = float(optim["optimizer"]["lr"])
+        warmup_steps = int(optim["scheduler"].get("warmup_steps", 0))
+        if not optim.get("auto_scale_lr", False):
+            return lr, warmup_steps
+        trainer = self.trainer
+        per_device = int(trainer.datamodule.batch_size)
+        total_batch = trainer.world_size * per_device * trainer.accumulate_grad_batches
+        reference = int(optim["reference_batch"])
+        scaled_lr, scaled_warmup = scale_to_batch(lr, warmup_steps, total_batch, reference)
+        log.info(
+            "Total batch %d (%d devices x %d nodes x %d images x %d accumulated) against the "
+            "recipe's %d (optim.reference_batch): lr %.3g -> %.3g, warm-up %d -> %d steps "
+            "(optim.auto_scale_lr=false keeps the configured values)",
+            total_batch,
+            trainer.num_devices,
+            trainer.num_nodes,
+            per_device,
+            trainer.accumulate_grad_batches,
+            reference,
+            lr,
+            scaled_lr,
+            warmup_steps,
+            scaled_warmup,
+        )
+        scaled = {"optim/total_batch": total_batch, "optim/lr": scaled_lr}
+        scaled["optim/warmup_steps"] = scaled_warmup
+        for logger in trainer.loggers:
+            logger.log_hyperparams(scaled)
+        return scaled_lr, scaled_warmup

@@ -35,3 +35,28 @@ def warmup_multistep(
         return decay
 
     return LambdaLR(optimizer, factor)
+
+
+def scale_to_batch(
+    lr: float, warmup_steps: int, total_batch: int, reference_batch: int
+) -> tuple[float, int]:
+    """The linear scaling rule (Goyal et al., 2017; detectron2's ``REFERENCE_WORLD_SIZE``,
+    mmdet's ``auto_scale_lr``): a recipe written for ``reference_batch`` images per step,
+    run at ``total_batch``, gets ``lr × total/reference`` and a warm-up of as many images,
+    ``warmup_steps × reference/total`` steps. Epoch milestones need no change."""
+    if total_batch < 1 or reference_batch < 1:
+        raise ValueError(
+            f"optim.reference_batch={reference_batch} and the total batch {total_batch} must "
+            "be positive"
+        )
+    factor = total_batch / reference_batch
+    return lr * factor, max(0, round(warmup_steps / factor))
+
+
+def milestones_past_the_end(
+    milestones: Sequence[float], steps_per_epoch: int, total_steps: int, unit: str = "epoch"
+) -> list[float]:
+    """The milestones a schedule of ``total_steps`` never reaches (its rate never decays
+    there: e.g. the 1x recipe's epochs 8 and 11 with ``trainer.max_epochs=2``)."""
+    scale = steps_per_epoch if unit == "epoch" else 1
+    return [m for m in milestones if int(m * scale) >= total_steps]

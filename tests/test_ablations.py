@@ -92,7 +92,7 @@ def test_task_name_names_the_table(compose_cfg):
 
 def test_other_overrides_compose_with_a_sweep(compose_cfg):
     cfg = compose_cfg(["ablation=iz_inputs", "experiment=shapes", "trainer.max_steps=20"])
-    assert cfg.trainer.max_steps == 20 and cfg.model.backbone.name == "resnet18"
+    assert cfg.trainer.max_steps == 20 and cfg.model.backbone.name == "resnet18.tv_in1k"
     assert len(sweep_jobs(cfg)) == 8
 
 

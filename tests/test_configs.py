@@ -16,7 +16,9 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 def test_defaults_are_the_paper_baseline(compose_cfg):
     cfg = compose_cfg()
     assert cfg.data._target_ == "datamodules.coco.CocoDataModule"
-    assert cfg.model.backbone.name == "resnet50"
+    b = cfg.model.backbone
+    assert b.name == "resnet50.tv_in1k" and b.pretrained and b.checkpoint_path is None
+    assert b.norm == "auto" and b.frozen_stages == 1  # auto = frozen BN with loaded weights
     assert cfg.model.detector._target_ == "pointins.detectors.RetinaNet"
     assert cfg.model.neck.out_channels == 256
     m = cfg.model.mask
@@ -27,14 +29,54 @@ def test_defaults_are_the_paper_baseline(compose_cfg):
     opt = cfg.optim
     assert opt.optimizer._target_ == "torch.optim.Adam" and opt.optimizer.lr == 5e-5
     assert list(opt.scheduler.milestones) == [8, 11] and cfg.trainer.max_epochs == 12
+    assert opt.reference_batch == 16 and opt.auto_scale_lr
     assert cfg.monitor == "segm/AP"
+
+
+@pytest.mark.parametrize(
+    "experiment", [e for e in EXPERIMENTS if e.startswith(("coco_", "cityscapes_"))]
+)
+def test_paper_experiments_start_from_imagenet_weights(compose_cfg, experiment):
+    b = compose_cfg([f"experiment={experiment}"]).model.backbone
+    assert b.pretrained and b.name.endswith(".tv_in1k") and b.norm == "auto"
+
+
+def test_only_the_demo_trains_from_scratch(compose_cfg):
+    assert not compose_cfg(["experiment=shapes"]).model.backbone.pretrained
+    assert compose_cfg(["data=shapes"]).model.backbone.pretrained
+
+
+def test_6x_follows_tensormask_schedule(compose_cfg):
+    cfg = compose_cfg(["experiment=coco_fcos_r50_6x_aug"])
+    assert cfg.trainer.max_epochs == 72
+    fractions = [m / 72 for m in cfg.optim.scheduler.milestones]
+    assert fractions == pytest.approx([480 / 540, 520 / 540], abs=1e-4)
+    assert list(cfg.data.train_scales) == list(range(640, 801, 32))
+
+
+def test_x101_dcn_is_x101_with_deformable_res3_to_res5(compose_cfg):
+    x101 = compose_cfg(["backbone=x101"]).model.backbone
+    dcn = compose_cfg(["backbone=x101_dcn"]).model.backbone
+    assert list(dcn.deformable_layers) == ["layer2", "layer3", "layer4"]
+    assert not x101.deformable_layers
+    assert {**dcn, "deformable_layers": []} == {**x101}
+
+
+def test_cityscapes_recipe_is_the_papers_in_epochs(compose_cfg):
+    cfg = compose_cfg(["experiment=cityscapes_fcos_r50"])
+    assert cfg.optim.reference_batch == 8 and cfg.optim.optimizer.lr == 5e-4
+    images_per_epoch = 2975
+    iterations = cfg.trainer.max_epochs * images_per_epoch / 8
+    assert 24_000 <= iterations < 24_000 + images_per_epoch / 8  # the paper's 24k
+    decay = cfg.optim.scheduler.milestones[0] * images_per_epoch / 8
+    assert decay == pytest.approx(18_000, rel=1e-3)
 
 
 def test_detector_and_backbone_swap(compose_cfg):
     cfg = compose_cfg(["detector=fcos", "backbone=r101"])
     assert cfg.model.detector._target_ == "pointins.detectors.FCOS"
     assert cfg.model.detector.nms_thresh == 0.6
-    assert cfg.model.backbone.name == "resnet101"
+    assert cfg.model.backbone.name == "resnet101.tv_in1k"
 
 
 def test_mask_none_is_the_plain_detector(compose_cfg):

@@ -127,21 +127,23 @@ def test_fcos_losses_hand_computed() -> None:
     cls, reg, ctr = _inputs(1)
     reg = reg.abs() + 0.2  # the head's ReLU * scale output is non-negative
     losses = fcos_losses(cls, reg, ctr, cells.double(), _assignment(), LTRBBoxCoder(), ALPHA, GAMMA)
-    hand_giou, hand_ctr = 0.0, 0.0
+    hand_giou, hand_ctr, ctr_sum = 0.0, 0.0, 0.0
     for i, n, g in POSITIVES:
         cx, cy = (cells[n, 0] + cells[n, 2]).item() / 2, (cells[n, 1] + cells[n, 3]).item() / 2
         dl, dt, dr, db = reg[i, n].tolist()
         pred = [cx - dl * stride, cy - dt * stride, cx + dr * stride, cy + db * stride]
         gt = TARGETS[i]["boxes"][g].tolist()
-        hand_giou += _giou_loss(pred, gt)
         gl, gt_, gr, gb = cx - gt[0], cy - gt[1], gt[2] - cx, gt[3] - cy
         target = math.sqrt(min(gl, gr) / max(gl, gr) * min(gt_, gb) / max(gt_, gb))
+        hand_giou += target * _giou_loss(pred, gt)  # weighted by the centre-ness target
+        ctr_sum += target
         hand_ctr += _bce_logits(float(ctr[i, n]), target)
     num_pos = 2
     assert math.isclose(
         float(losses["loss_cls"]), _hand_focal(cls, MATCHED) / num_pos, rel_tol=1e-9
     )
-    assert math.isclose(float(losses["loss_box_reg"]), hand_giou / num_pos, rel_tol=1e-6)
+    assert 0 < ctr_sum < num_pos  # the two normalisers differ, so the test tells them apart
+    assert math.isclose(float(losses["loss_box_reg"]), hand_giou / ctr_sum, rel_tol=1e-6)
     assert math.isclose(float(losses["loss_centerness"]), hand_ctr / num_pos, rel_tol=1e-9)
 
 

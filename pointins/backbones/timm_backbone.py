@@ -10,12 +10,16 @@ small per-device batches of detection, GroupNorm is the one that works
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import timm
 from timm.layers.norm_act import freeze_batch_norm_2d
 from torch import Tensor, nn
+
+from pointins.backbones.deformable import make_deformable
+from pointins.backbones.pretrained import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -33,47 +37,61 @@ class TimmBackbone(nn.Module):
     """ResNet / ResNeXt from timm returning the feature maps at strides 8, 16, 32.
 
     Args:
-        name: timm model name (``resnet50``, ``resnet101``, ``resnext101_32x8d``...).
+        name: timm model name with its weights tag (``resnet50.tv_in1k``: torchvision's
+            ImageNet weights, the ones detection work starts from).
         out_indices: timm feature indices; (2, 3, 4) are C3, C4, C5 for ResNets.
-        pretrained: load timm's ImageNet weights (needs the network or a local cache).
-        checkpoint_path: load weights from this local file instead (timm/torchvision
+        pretrained: load the ImageNet weights of ``name`` from timm's cache, or download
+            them (see :mod:`pointins.backbones.pretrained`).
+        checkpoint_path: load weights from this local file instead (a torchvision or timm
             ResNet state dict); implies ``pretrained``.
         norm: ``auto`` (``frozen_bn`` when weights are loaded, ``gn`` from scratch),
             ``frozen_bn``, ``bn`` or ``gn``.
         frozen_stages: with loaded weights, freeze the stem and this many residual stages
             (0 = stem only, -1 = nothing). Weights count as loaded when they come from
             ``pretrained``/``checkpoint_path`` or, with ``norm=frozen_bn`` and random
-            weights here, from a checkpoint loaded afterwards (``model.init_from``, as the
-            Cityscapes recipes do). Random weights trained from scratch are never frozen.
+            weights here, from a checkpoint loaded afterwards (``model.init_from``, or a
+            trained PointINS checkpoint). Random weights trained from scratch are never frozen.
+        deformable_layers: timm stages whose 3×3 convs become deformable (DCN, offsets
+            initialised to zero), e.g. ``[layer2, layer3, layer4]`` (res3–res5); replaced
+            after the weights load, so ImageNet files load unchanged.
     """
 
     def __init__(
         self,
-        name: str = "resnet50",
+        name: str = "resnet50.tv_in1k",
         out_indices: tuple[int, ...] = (2, 3, 4),
         pretrained: bool = False,
         checkpoint_path: str | None = None,
         norm: Norm = "auto",
         frozen_stages: int = 1,
+        deformable_layers: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if norm not in ("auto", "frozen_bn", "bn", "gn"):
-            raise ValueError(f"backbone.norm={norm!r}: choose one of auto, frozen_bn, bn, gn")
-        weights_loaded = pretrained or checkpoint_path is not None
+            raise ValueError(
+                f"model.backbone.norm={norm!r}: choose one of auto, frozen_bn, bn, gn"
+            )
+        if not timm.is_model(name):
+            raise ValueError(
+                f"model.backbone.name={name!r} is not a timm model (see timm.list_models())"
+            )
+        weights = resolve_weights(name, pretrained, checkpoint_path)
         if norm == "auto":
-            norm = "frozen_bn" if weights_loaded else "gn"
+            norm = "frozen_bn" if weights is not None else "gn"
         kwargs: dict = {"features_only": True, "out_indices": tuple(out_indices)}
         if norm == "gn":
             kwargs["norm_layer"] = _group_norm
-        self.body = _create(name, pretrained, checkpoint_path, kwargs)
+        self.body = _create(name, weights, kwargs)
         if norm == "frozen_bn":
             self.body = freeze_batch_norm_2d(self.body)
-        if weights_loaded or norm == "frozen_bn":  # frozen BN: the weights come from a checkpoint
+        if deformable_layers:
+            make_deformable(self.body, list(deformable_layers))
+        if weights is not None or norm == "frozen_bn":  # frozen BN: weights come from a checkpoint
             self._freeze(frozen_stages)
         elif frozen_stages >= 0:
             log.info(
                 "backbone: random initialisation, so no stage is frozen "
-                "(backbone.frozen_stages=%d applies to loaded weights)",
+                "(model.backbone.frozen_stages=%d applies to loaded weights)",
                 frozen_stages,
             )
         self.norm = norm
@@ -88,8 +106,8 @@ class TimmBackbone(nn.Module):
             module = getattr(self.body, module_name, None)
             if module is None:
                 raise ValueError(
-                    f"backbone.frozen_stages={frozen_stages}: the timm model has no module "
-                    f"{module_name!r}; set frozen_stages=-1 for non-ResNet backbones"
+                    f"model.backbone.frozen_stages={frozen_stages}: the timm model has no "
+                    f"module {module_name!r}; set frozen_stages=-1 for non-ResNet backbones"
                 )
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -99,30 +117,19 @@ class TimmBackbone(nn.Module):
         return self.body(images)
 
 
-def _create(name: str, pretrained: bool, checkpoint_path: str | None, kwargs: dict) -> nn.Module:
-    if name not in timm.list_models():
-        raise ValueError(f"backbone.name={name!r} is not a timm model (see timm.list_models())")
-    if checkpoint_path is not None:
-        path = Path(checkpoint_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"backbone.checkpoint_path={str(path)!r} does not exist; pass a local weights file"
-            )
-        log.info("Loading backbone weights for %s from %s", name, path)
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-        )
-    if not pretrained:
+def _create(name: str, weights: Path | None, kwargs: dict) -> nn.Module:
+    if weights is None:
         return timm.create_model(name, pretrained=False, **kwargs)
+    log.info("Loading backbone weights for %s from %s", name, weights)
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except Exception as err:  # network, hub or cache errors all mean "no weights here"
-        raise RuntimeError(
-            f"Could not obtain pretrained weights for backbone {name!r} ({type(err).__name__}: "
-            f"{err}). Without network access, download the weights elsewhere (e.g. "
-            f"`timm.create_model('{name}', pretrained=True)` then `torch.save(model.state_dict(), "
-            f"'{name}.pth')`) and pass backbone.checkpoint_path=/path/to/{name}.pth, or train "
-            f"from scratch with backbone.pretrained=false backbone.norm=gn."
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
+        )
+    except RuntimeError as err:  # load_state_dict(strict=True): keys or shapes differ
+        raise ValueError(
+            f"{weights} does not hold {name}'s weights ({str(err).splitlines()[0]}); "
+            "model.backbone.checkpoint_path takes a torchvision or timm state dict of the "
+            "architecture model.backbone.name names"
         ) from err
 
 

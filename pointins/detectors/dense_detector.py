@@ -135,6 +135,7 @@ class RetinaNet(DenseDetector):
     """RetinaNet (Lin et al.): 9 anchors per location, IoU matching, focal + smooth-L1."""
 
     anchor_shape = True
+    p6_from = "c5"  # the FPN's P6 input in the original RetinaNet
 
     def __init__(
         self,
@@ -203,6 +204,7 @@ class FCOS(DenseDetector):
     centerness, scores sqrt(cls · centerness)."""
 
     anchor_shape = False
+    p6_from = "p5"  # the FPN's P6 input in FCOS
 
     def __init__(
         self,

@@ -21,13 +21,14 @@ from pointins.detectors.focal_loss import sigmoid_focal_loss
 from pointins.structures import Assignment
 
 
-def num_positives_across_ranks(num_pos: Tensor) -> Tensor:
-    """Mean positive count over ranks (a float tensor), clamped at 1 so it can divide."""
+def num_positives_across_ranks(num_pos: Tensor, minimum: float = 1.0) -> Tensor:
+    """Mean of a positive count (or of a sum of weights) over ranks, as a float tensor
+    clamped at ``minimum`` so it can divide."""
     num_pos = num_pos.detach().float().clone()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(num_pos, op=dist.ReduceOp.SUM)
         num_pos = num_pos / dist.get_world_size()
-    return num_pos.clamp(min=1.0)
+    return num_pos.clamp(min=minimum)
 
 
 def classification_loss(
@@ -109,8 +110,10 @@ def fcos_losses(
         box_coder: ``LTRBBoxCoder``.
 
     Returns:
-        ``{"loss_cls", "loss_box_reg", "loss_centerness"}``, each summed and divided by
-        the positives (torchvision's FCOS normalises all three the same way).
+        ``{"loss_cls", "loss_box_reg", "loss_centerness"}``. Classification and
+        centre-ness are divided by the positives; the GIoU loss is weighted by each
+        positive's centre-ness target and divided by their sum, as FCOS and AdelaiDet do,
+        so boxes are learned most from the locations that will score highest.
     """
     positive = assignment.matched_idxs >= 0  # (B, N)
     normaliser = num_positives_across_ranks(positive.sum())
@@ -118,16 +121,18 @@ def fcos_losses(
 
     pos_anchors = anchors[None].expand_as(box_regression)[positive]  # (P, 4)
     pos_gt = assignment.gt_boxes[positive].to(box_regression.dtype)  # (P, 4)
-    pred_boxes = box_coder.decode(pos_anchors, box_regression[positive])  # (P, 4)
-    loss_box = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="sum")
-
     with torch.no_grad():
         ctr_targets = centerness_targets(box_coder.encode(pos_anchors, pos_gt))  # (P,)
+    pred_boxes = box_coder.decode(pos_anchors, box_regression[positive])  # (P, 4)
+    giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none")  # (P,)
+    loss_box = (giou * ctr_targets.to(giou.dtype)).sum()
+    box_normaliser = num_positives_across_ranks(ctr_targets.sum(), minimum=1e-6)
+
     loss_ctr = F.binary_cross_entropy_with_logits(
         centerness[positive], ctr_targets.to(centerness.dtype), reduction="sum"
     )
     return {
         "loss_cls": loss_cls / normaliser,
-        "loss_box_reg": loss_box / normaliser,
+        "loss_box_reg": loss_box / box_normaliser,
         "loss_centerness": loss_ctr / normaliser,
     }
