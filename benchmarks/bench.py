@@ -201,8 +201,14 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: i
 
 # ------------------------------------------------------------------------- models
 def recipe(args: argparse.Namespace, extra: Sequence[str] = ()) -> DictConfig:
-    """The recipe's config at the benchmark's input size, zero score threshold."""
+    """The recipe's config at the benchmark's input size, zero score threshold, random
+    weights (speed and memory do not depend on them; nothing downloads). The paper's
+    set-up (``--experiment none``) keeps its frozen BatchNorm."""
+    weights = ["model.backbone.pretrained=false"]
+    if args.experiment is None:
+        weights.append("model.backbone.norm=frozen_bn")
     overrides = [
+        *weights,
         f"data.train_scales=[{args.size}]",
         f"data.test_scale={args.size}",
         f"data.max_size={args.max_size}",

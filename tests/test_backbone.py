@@ -53,19 +53,6 @@ def test_missing_checkpoint_file_names_the_option(tmp_path):
         TimmBackbone("resnet18", checkpoint_path=str(tmp_path / "nope.pth"))
 
 
-def test_offline_pretrained_says_how_to_pass_a_local_file(monkeypatch):
-    real = timm.create_model
-
-    def offline(name, pretrained=False, **kw):
-        if pretrained:
-            raise OSError("We couldn't connect to 'https://huggingface.co'")
-        return real(name, pretrained=pretrained, **kw)
-
-    monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(RuntimeError, match="backbone.checkpoint_path"):
-        TimmBackbone("resnet18", pretrained=True)
-
-
 def test_unknown_backbone_and_norm_are_clear_errors():
     with pytest.raises(ValueError, match="backbone.name"):
         TimmBackbone("resnet_does_not_exist")
@@ -80,3 +67,22 @@ def test_frozen_bn_without_weights_freezes_stages_for_init_from():
     assert not any(p.requires_grad for p in b.body.conv1.parameters())
     assert not any(p.requires_grad for p in b.body.layer1.parameters())
     assert all(p.requires_grad for p in b.body.layer2.parameters())
+
+
+def test_deformable_layers_start_from_the_loaded_weights(tmp_path):
+    """backbone=x101_dcn's mechanism: ImageNet weights load into the plain convs, which then
+    become deformable with zero offsets, so the network starts as the pretrained one."""
+    ref = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    plain = TimmBackbone("resnet18.tv_in1k", checkpoint_path=str(path)).eval()
+    dcn = TimmBackbone(
+        "resnet18.tv_in1k", checkpoint_path=str(path), deformable_layers=["layer3", "layer4"]
+    ).eval()
+    assert torch.equal(dcn.body.layer3[0].conv2.conv.weight, ref.layer3[0].conv2.weight)
+    assert isinstance(dcn.body.layer2[0].conv2, torch.nn.Conv2d)  # not in the list
+    images = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        for a, b in zip(plain(images), dcn(images), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert dcn.body.layer4[1].conv2.offset.weight.requires_grad

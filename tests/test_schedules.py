@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pointins.schedules import warmup_multistep
+from pointins.schedules import milestones_past_the_end, scale_to_batch, warmup_multistep
 
 
 def _lrs(steps: int, **kw) -> list[float]:
@@ -36,3 +36,21 @@ def test_step_milestones_cityscapes_style():
 def test_bad_unit():
     with pytest.raises(ValueError, match="optim.scheduler.unit"):
         _lrs(1, milestones=[1], unit="iteration", steps_per_epoch=1)
+
+
+def test_linear_scaling_rule_keeps_the_images_per_warm_up():
+    # the paper's batch 16 run as 8 GPUs x 1 image: half the rate, twice the warm-up steps
+    assert scale_to_batch(5e-5, 500, total_batch=8, reference_batch=16) == (2.5e-5, 1000)
+    assert scale_to_batch(5e-5, 500, total_batch=16, reference_batch=16) == (5e-5, 500)
+    lr, warmup = scale_to_batch(5e-4, 500, total_batch=32, reference_batch=8)
+    assert lr == pytest.approx(2e-3) and warmup == 125
+    with pytest.raises(ValueError, match="optim.reference_batch"):
+        scale_to_batch(1e-3, 10, total_batch=4, reference_batch=0)
+
+
+def test_milestones_past_the_end_are_found():
+    # the 1x recipe's epochs 8 and 11 in a 2-epoch run of 100 steps per epoch
+    assert milestones_past_the_end([8, 11], 100, total_steps=200) == [8, 11]
+    assert milestones_past_the_end([8, 11], 100, total_steps=1200) == []
+    assert milestones_past_the_end([1.5, 2], 100, total_steps=200) == [2]
+    assert milestones_past_the_end([150, 250], 100, total_steps=200, unit="step") == [250]

@@ -187,3 +187,26 @@ def test_cpu_recipe_trains_on_any_coco_folder(compose_cfg, tmp_path):
     assert "segm/AP" in metrics and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["hyper_parameters"]["category_ids"] == [c["id"] for c in CATEGORIES]
+
+
+def test_learning_rate_follows_the_total_batch(run, caplog):
+    """A recipe written for batch 8, run at 1 device x 2 images: lr x 1/4, warm-up x 4, and
+    a warning that the 2-epoch run never reaches the recipe's decays."""
+    with caplog.at_level("INFO", logger="pointins.lit_module"):
+        _, _, out = run("scaled", ["optim.reference_batch=8", "optim.scheduler.warmup_steps=3"])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(2.5e-4)
+    scheduler = saved["lr_schedulers"][0]
+    assert scheduler["base_lrs"] == [pytest.approx(2.5e-4)]
+    hparams = (out / "csv").rglob("hparams.yaml")
+    text = "".join(p.read_text() for p in hparams)
+    assert "optim/lr: 0.00025" in text and "optim/warmup_steps: 12" in text
+    assert any("lr 0.001 -> 0.00025, warm-up 3 -> 12 steps" in r.message for r in caplog.records)
+    late = [r for r in caplog.records if r.levelname == "WARNING" and "milestones" in r.message]
+    assert late and "[5.6, 6.4]" in late[0].message
+
+
+def test_auto_scale_lr_off_keeps_the_configured_rate(run):
+    _, _, out = run("fixed", ["optim.reference_batch=8", "optim.auto_scale_lr=false"])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)

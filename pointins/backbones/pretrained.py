@@ -62,7 +62,10 @@ def resolve_weights(name: str, pretrained: bool, checkpoint_path: str | None) ->
         return path
     if not pretrained:
         return None
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # a tag timm does not know
+        cfg = None
     if cfg is None:
         raise ValueError(
             f"model.backbone.name={name!r} has no published weights in timm; pick a tagged "
@@ -85,7 +88,7 @@ def _cached_file(hf_hub_id: str | None, url: str | None) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
         for filename in _HUB_FILES:
-            found = try_to_load_from_cache(hf_hub_id, filename)
+            found = try_to_load_from_cache(hf_hub_id, filename, cache_dir=hub_cache_dir())
             if isinstance(found, str):
                 return Path(found)
     if url:

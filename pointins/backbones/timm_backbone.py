@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import timm
+from timm.models import get_pretrained_cfg, load_state_dict
 from timm.layers.norm_act import freeze_batch_norm_2d
 from torch import Tensor, nn
 
@@ -121,16 +122,43 @@ def _create(name: str, weights: Path | None, kwargs: dict) -> nn.Module:
     if weights is None:
         return timm.create_model(name, pretrained=False, **kwargs)
     log.info("Loading backbone weights for %s from %s", name, weights)
+    # timm's reader: safetensors or torch files, under state_dict/model or bare, DDP and
+    # torch.compile prefixes removed
+    state = load_state_dict(str(weights))
     try:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
+        body = timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs
         )
     except RuntimeError as err:  # load_state_dict(strict=True): keys or shapes differ
-        raise ValueError(
-            f"{weights} does not hold {name}'s weights ({str(err).splitlines()[0]}); "
-            "model.backbone.checkpoint_path takes a torchvision or timm state dict of the "
-            "architecture model.backbone.name names"
-        ) from err
+        raise _not_these_weights(weights, name, str(err).splitlines()[0]) from err
+    _check_every_tensor_loaded(body, state, weights, name)
+    return body
+
+
+def _check_every_tensor_loaded(body: nn.Module, state: dict, weights: Path, name: str) -> None:
+    """Every tensor of the features model came from the file, and the file has nothing
+    else but the classifier a features model drops (timm's features_only load is lenient)."""
+    cfg = get_pretrained_cfg(name)
+    classifier = f"{cfg.classifier if cfg is not None else 'fc'}."
+    own = body.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    unused = [k for k in state if k not in own and not k.startswith(classifier)]
+    if missing or reshaped or unused:
+        detail = "; ".join(
+            f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("other shape", reshaped), ("unused", unused))
+            if keys
+        )
+        raise _not_these_weights(weights, name, detail)
+
+
+def _not_these_weights(weights: Path, name: str, detail: str) -> ValueError:
+    return ValueError(
+        f"{weights} does not hold {name}'s weights ({detail}); "
+        "model.backbone.checkpoint_path takes a torchvision or timm state dict of the "
+        "architecture model.backbone.name names"
+    )
 
 
 def count_trainable(module: nn.Module) -> int:
