@@ -85,6 +85,19 @@ def test_sweep_jobs_are_the_table_rows(compose_cfg, table):
         ) == (mask.E, mask.K)
 
 
+@pytest.mark.parametrize("table", list(TABLES))
+def test_sweeps_run_on_the_papers_baseline(compose_cfg, table):
+    """Without experiment=, a sweep is the paper's: COCO, RetinaNet (§4.1.1), R-50 from
+    ImageNet weights with frozen BatchNorm, Adam at the batch-16 rate."""
+    cfg = compose_cfg([f"ablation={TABLES[table][0]}"])
+    backbone = cfg.model.backbone
+    assert backbone.name == "resnet50.tv_in1k" and backbone.pretrained
+    assert backbone.norm == "frozen_bn"
+    assert cfg.model.detector._target_ == "pointins.detectors.RetinaNet"
+    assert cfg.data._target_ == "datamodules.coco.CocoDataModule"
+    assert cfg.optim.optimizer.lr == 5e-5 and cfg.optim.reference_batch == 16
+
+
 def test_task_name_names_the_table(compose_cfg):
     for name, _ in TABLES.values():
         assert compose_cfg([f"ablation={name}"]).task_name == f"ablation_{name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ def test_defaults_are_the_paper_baseline(compose_cfg):
     assert cfg.data._target_ == "datamodules.coco.CocoDataModule"
     b = cfg.model.backbone
     assert b.name == "resnet50.tv_in1k" and b.pretrained and b.checkpoint_path is None
-    assert b.norm == "auto" and b.frozen_stages == 1  # auto = frozen BN with loaded weights
+    assert b.norm == "frozen_bn" and b.frozen_stages == 1
     assert cfg.model.detector._target_ == "pointins.detectors.RetinaNet"
     assert cfg.model.neck.out_channels == 256
     m = cfg.model.mask
@@ -38,7 +39,7 @@ def test_defaults_are_the_paper_baseline(compose_cfg):
 )
 def test_paper_experiments_start_from_imagenet_weights(compose_cfg, experiment):
     b = compose_cfg([f"experiment={experiment}"]).model.backbone
-    assert b.pretrained and b.name.endswith(".tv_in1k") and b.norm == "auto"
+    assert b.pretrained and b.name.endswith(".tv_in1k") and b.norm == "frozen_bn"
 
 
 def test_only_the_demo_trains_from_scratch(compose_cfg):
@@ -172,3 +173,30 @@ def test_template_side_follows_the_papers_rule(compose_cfg, overrides):
     mask, detector = cfg.model.mask, cfg.model.detector
     assert detector.conv_dim == mask.K**2
     assert mask.kernel_size**2 == mask.E
+
+
+OPTION = re.compile(r"\b((?:model|data|optim|trainer|eval|predict|logger|callbacks)(?:\.\w+)+)=")
+
+
+def _keys(node, prefix="") -> set[str]:
+    if not OmegaConf.is_dict(node):
+        return {prefix[:-1]}
+    out = {prefix[:-1]} if prefix else set()
+    for key in node:
+        out |= _keys(node._get_node(key), f"{prefix}{key}.")
+    return out
+
+
+def test_options_named_in_messages_and_comments_exist(compose_cfg):
+    """Every ``group.key=`` an error message, log line or config comment tells the user to
+    type names a key of the composed configuration (of some data set / eval choice)."""
+    known = set()
+    choices = ([], ["data=cityscapes"], ["experiment=coco_fcos_r50_6x_aug"])
+    for overrides, name in [*((c, "train") for c in choices), ([], "eval")]:
+        cfg = compose_cfg(overrides, config_name=name)
+        known |= _keys(cfg)
+    sources = [*(ROOT / "pointins").rglob("*.py"), *(ROOT / "datamodules").rglob("*.py")]
+    sources += [ROOT / "train.py", ROOT / "eval.py", *(ROOT / "conf").rglob("*.yaml")]
+    named = {(m.group(1), p.name) for p in sources for m in OPTION.finditer(p.read_text())}
+    unknown = sorted((key, where) for key, where in named if key not in known)
+    assert len(named) > 20 and not unknown

@@ -146,7 +146,7 @@ def _unavailable_message(name: str) -> str:
         f"elsewhere with `torch.save(timm.create_model('{name}', pretrained=True).state_dict(), "
         f"'{arch}.pth')`), or copy timm's cache folder to {hub_cache_dir()} "
         "(HF_HUB_CACHE moves it), or train from random weights with "
-        "model.backbone.pretrained=false (not the paper's set-up)."
+        "model.backbone.pretrained=false model.backbone.norm=gn (not the paper's set-up)."
     )
 
 

@@ -26,7 +26,7 @@ class FPN(nn.Module):
     ) -> None:
         super().__init__()
         if p6_from not in ("p5", "c5"):
-            raise ValueError(f"neck.p6_from={p6_from!r}: choose p5 or c5")
+            raise ValueError(f"model.neck.p6_from={p6_from!r}: choose p5 or c5")
         p6_in = out_channels if p6_from == "p5" else in_channels[-1]
         self.fpn = FeaturePyramidNetwork(
             list(in_channels), out_channels, extra_blocks=LastLevelP6P7(p6_in, out_channels)
