@@ -81,7 +81,9 @@ def weights_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(ARCHITECTURES))
 @pytest.mark.parametrize("detector", ["retinanet", "fcos"])
-def test_paper_configuration_runs_end_to_end(coco_root, weights_files, tmp_path, detector, backbone):
+def test_paper_configuration_runs_end_to_end(
+    coco_root, weights_files, tmp_path, detector, backbone
+):
     weights = weights_files[ARCHITECTURES[backbone]]
     result = _train(
         [
@@ -97,7 +99,9 @@ def test_paper_configuration_runs_end_to_end(coco_root, weights_files, tmp_path,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert f"Loading backbone weights for {ARCHITECTURES[backbone]}.tv_in1k from {weights}" in output
+    assert (
+        f"Loading backbone weights for {ARCHITECTURES[backbone]}.tv_in1k from {weights}" in output
+    )
     assert "Dataset classes (80)" in output  # COCO's 80 categories
     # the paper's batch of 16 at lr 5e-5, run here as 1 device x 2 images
     assert "lr 5e-05 -> 6.25e-06" in output

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import timm
-from timm.models import get_pretrained_cfg, load_state_dict
 from timm.layers.norm_act import freeze_batch_norm_2d
+from timm.models import get_pretrained_cfg, load_state_dict
 from torch import Tensor, nn
 
 from pointins.backbones.deformable import make_deformable
@@ -69,9 +69,7 @@ class TimmBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in ("auto", "frozen_bn", "bn", "gn"):
-            raise ValueError(
-                f"model.backbone.norm={norm!r}: choose one of auto, frozen_bn, bn, gn"
-            )
+            raise ValueError(f"model.backbone.norm={norm!r}: choose one of auto, frozen_bn, bn, gn")
         if not timm.is_model(name):
             raise ValueError(
                 f"model.backbone.name={name!r} is not a timm model (see timm.list_models())"
