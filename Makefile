@@ -1,6 +1,10 @@
 # PointINS — one-command set-up, training and tests.
 #   make train [ARGS='k=v ...']   create .venv if missing, then train the embedded demo
 #   make test                     create .venv if missing, then run the fast test suite
+#   make test-slow | lint | preview | bench   the slow tests, ruff, a data preview, benchmarks
+#   make clean                    remove caches: .pytest_cache .ruff_cache __pycache__
+#                                 lightning_logs wandb/; runs (outputs/, multirun/) stay
+#   make clean-runs               DELETE outputs/ and multirun/: every run's checkpoints and logs
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +14,7 @@ ARGS ?=
 # The CPU/CUDA wheels this machine serves from disk; other versions download gigabytes.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv train test test-slow lint preview bench clean
+.PHONY: venv train test test-slow lint preview bench clean clean-runs
 
 venv: $(STAMP)
 
@@ -40,4 +44,9 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench $(ARGS)
 
 clean:
-	rm -rf outputs multirun lightning_logs wandb .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache lightning_logs wandb
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+clean-runs:
+	@echo "Deleting outputs/ and multirun/: all run folders, checkpoints and logs"
+	rm -rf outputs multirun

@@ -10,3 +10,4 @@ import os
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 from pointins import precision as _precision  # noqa: E402, F401  (registers ${fastest_precision:})
+from pointins import slurm as _slurm  # noqa: E402, F401  (registers ${slurm_count:})

@@ -110,7 +110,7 @@ def test_other_overrides_compose_with_a_sweep(compose_cfg):
 
 
 def test_slurm_launcher_composes(compose_cfg):
-    cfg = compose_cfg(["ablation=iz_inputs", "hydra/launcher=slurm"])
+    cfg = compose_cfg(["ablation=iz_inputs", "hydra/launcher=slurm", "trainer.devices=8"])
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_
     assert launcher.tasks_per_node == launcher.gpus_per_node == 8

@@ -1,0 +1,159 @@
+"""Progress for batch jobs: the plain lines of ProgressLines on a tiny fit, and the choice
+between them and the tqdm bar by whether stdout is a terminal."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
+from torch import nn
+
+from pointins.callbacks import ProgressLines, progress_bar
+
+TRAIN_LINE = re.compile(
+    r"\[train\] iter (?P<step>\d+)/(?P<total>\d+)  eta (?P<eta>\d+:\d\d:\d\d)"
+    r"  lr (?P<lr>\S+)  loss (?P<loss>\S+) \(cls (?P<cls>\S+) box_reg (?P<box_reg>\S+)\)"
+    r"  data (?P<data>\d+\.\d{3})s  step (?P<time>\d+\.\d{3})s$"
+)
+
+
+class TinyDetector(pl.LightningModule):
+    """Logs a total and two terms as PointINSModule does; validation takes ``val_seconds``
+    a batch and an evaluation-step fit."""
+
+    def __init__(self, val_seconds: float = 0.0) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 2)
+        self.val_seconds = val_seconds
+        self.logged: dict[int, float] = {}  # global step at the batch -> its logged loss
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        out = self.layer(x)
+        losses = {"loss_cls": out[:, 0].pow(2).mean(), "loss_box_reg": out[:, 1].abs().mean()}
+        loss = sum(losses.values())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(x))
+        self.logged[self.global_step] = float(loss.detach())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        time.sleep(self.val_seconds)
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(8, 2))
+        return torch.utils.data.DataLoader(data, batch_size=2)
+
+    def val_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(4, 2))
+        return torch.utils.data.DataLoader(data, batch_size=2)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def fit(model: pl.LightningModule, **trainer_args) -> None:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        callbacks=[ProgressLines()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_args,
+    )
+    trainer.fit(model)
+
+
+def lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "pointins.callbacks"]
+
+
+def test_a_line_every_n_steps_with_that_steps_losses(caplog):
+    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    model = TinyDetector()
+    # 4 batches an epoch: the run stops in the second, after the epoch-end validation
+    fit(model, max_steps=6, log_every_n_steps=2, limit_val_batches=0)
+    train = [TRAIN_LINE.match(line) for line in lines(caplog) if line.startswith("[train] iter")]
+    assert all(train), lines(caplog)
+    assert [(m["step"], m["total"]) for m in train] == [("2", "6"), ("4", "6"), ("6", "6")]
+    assert train[-1]["eta"] == "0:00:00"
+    for m in train:
+        assert m["lr"] == "5.00e-02"
+        # the loss of the batch that made the step, as the loggers record it
+        assert float(m["loss"]) == pytest.approx(model.logged[int(m["step"]) - 1], rel=1e-3)
+        assert float(m["loss"]) == pytest.approx(float(m["cls"]) + float(m["box_reg"]), rel=1e-2)
+    assert lines(caplog)[-1].startswith("[train] done: iter 6 in ")
+
+
+def test_iter_counts_optimiser_steps(caplog):
+    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    model = TinyDetector()
+    fit(model, max_steps=6, log_every_n_steps=2, accumulate_grad_batches=2, limit_val_batches=0)
+    iters = [line.split()[2] for line in lines(caplog) if line.startswith("[train] iter")]
+    assert iters == ["2/6", "4/6", "6/6"]
+
+
+def test_validation_within_an_epoch_is_not_data_time(caplog):
+    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    # validation (2 batches x 0.15 s) after batch 2 of 4, then batch 3 ends the window
+    fit(TinyDetector(val_seconds=0.15), max_steps=3, log_every_n_steps=3, val_check_interval=2)
+    out = lines(caplog)
+    val = out.index("[val] 2 batches at iter 2")
+    assert re.fullmatch(r"\[val\] done in 0:00:0\d", out[val + 1])
+    line = TRAIN_LINE.match(out[val + 2])
+    # counted as the third batch's wait, the validation would make data 0.1 s a batch
+    assert line["step"] == "3" and float(line["data"]) < 0.05
+
+
+def test_only_rank_zero_prints(caplog):
+    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    progress = ProgressLines()
+    progress.disable()  # what ProgressBar.setup does on ranks other than 0
+    pl.Trainer(
+        accelerator="cpu",
+        callbacks=[progress],
+        max_steps=2,
+        log_every_n_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(TinyDetector())
+    assert lines(caplog) == []
+
+
+class FakeStdout:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("tty", "refresh_rate", "kind"),
+    [
+        (True, 10, TQDMProgressBar),
+        (False, 10, ProgressLines),
+        (False, 0, TQDMProgressBar),  # off: a disabled bar, as before
+        (True, 0, TQDMProgressBar),
+    ],
+)
+def test_progress_bar_follows_stdout(monkeypatch, tty, refresh_rate, kind):
+    monkeypatch.setattr("sys.stdout", FakeStdout(tty))
+    bar = progress_bar(refresh_rate=refresh_rate)
+    assert type(bar) is kind
+    if kind is TQDMProgressBar:
+        assert bar.refresh_rate == refresh_rate and bar.is_enabled == (refresh_rate > 0)
