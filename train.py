@@ -5,12 +5,15 @@ python train.py                                   # paper baseline: COCO, Retina
 python train.py detector=fcos backbone=r101
 python train.py experiment=shapes                 # CPU demo on the embedded data
 python train.py -m ablation=iz_inputs             # one table of the paper
-python train.py ckpt_path=outputs/.../last.ckpt   # resume an interrupted run
+python train.py hydra.run.dir=runs/coco_r50      # rerun the same: continues from the
+                                                  # folder's newest checkpoint (resume=auto)
+python train.py ckpt_path=outputs/.../last.ckpt   # a new run from another run's checkpoint
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import hydra
 import pytorch_lightning as pl
@@ -18,10 +21,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pointins.backbones.pretrained import resolve_weights
-from pointins.loggers import finish_runs
+from pointins.loggers import finish_runs, wandb_run_id
+from pointins.resume import plan_start
 from pointins.runner import build_datamodule, build_trainer
 
 log = logging.getLogger("train")
+
+# Lightning warns that a DataLoader without a state_dict cannot continue an epoch from a
+# checkpoint; the datamodules' loaders do (datamodules.sampling.ResumableDataLoader)
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -30,6 +38,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the backbone's ImageNet weights first: offline without them, stop before reading data
     backbone = cfg.model.backbone
     resolve_weights(backbone.name, backbone.pretrained, backbone.checkpoint_path)
+    start = plan_start(cfg.resume, cfg.get("ckpt_path"), cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
     model = instantiate(
         cfg.model,
@@ -38,13 +47,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         category_ids=datamodule.label_to_cat_id,
         _recursive_=False,
     )
-    trainer = build_trainer(cfg)
+    logger_kwargs = {}
+    if "wandb" in (cfg.get("logger") or {}):  # a continued run logs into its W&B run
+        run_id = wandb_run_id(cfg.paths.output_dir, start.continues_run)
+        logger_kwargs["wandb"] = {"id": run_id, "resume": "allow"}
+    trainer = build_trainer(cfg, logger_kwargs)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
     try:
         for logger in trainer.loggers:  # the whole resolved config, not only the model's
             logger.log_hyperparams(resolved)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=start.ckpt_path)
         if not trainer.interrupted and model.validated_at_step != trainer.global_step:
             # stopped between evaluations (trainer.max_steps, limit_train_batches): score the
             # final weights, so every run leaves a metrics.json (sweep tables read it)

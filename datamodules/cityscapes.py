@@ -200,6 +200,8 @@ class CityscapesInstanceDataset(CocoInstanceDataset):
     are dropped unless ``keep_empty`` (their count is logged).
     """
 
+    empty_reason = "its polygons list no thing object"
+
     def __init__(
         self,
         root: str,
@@ -213,6 +215,7 @@ class CityscapesInstanceDataset(CocoInstanceDataset):
         self.transforms = transforms
         self.categories = cityscapes_categories()
         records = find_samples(root, split)
+        self.num_listed = len(records)  # images of the split, before dropping empty ones
         if not keep_empty and split in SPLITS_WITH_ANNOTATIONS:
             things = set(self.categories.names)
             kept = [r for r in records if _has_things(r["polygon_file"], things)]
@@ -339,6 +342,11 @@ class CityscapesDataModule(CocoDataModule):
                     self.std,
                 ),
                 keep_empty=self.train_keep_empty,
+            )
+            self._check_trainable(
+                self._train_dataset,
+                os.path.join(self.root, "gtFine", self.train_split),
+                "Check data.root and data.train_split",
             )
 
     def build_evaluator(self, output_dir: str | Path) -> CityscapesEvaluator:

@@ -23,12 +23,17 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from datamodules.collate import Collate
-from datamodules.sampling import SeededEpochSampler
+from datamodules.sampling import (
+    DistributedGroupedBatchSampler,
+    ResumableDataLoader,
+    SeededEpochSampler,
+    distributed_rank,
+)
 from datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -248,6 +253,9 @@ class CocoInstanceDataset(Dataset):
     counted in a log line. Images left without instances are dropped unless ``keep_empty``.
     """
 
+    # why an image counts as empty (it is then dropped unless keep_empty)
+    empty_reason = "no non-crowd instance with a box and a mask"
+
     def __init__(
         self,
         ann_file: str,
@@ -261,15 +269,15 @@ class CocoInstanceDataset(Dataset):
         data = load_coco_json(ann_file)
         self.categories = parse_categories(data, ann_file)
         records = self._build_records(data)
+        self.num_listed = len(records)  # images in the file, before dropping empty ones
         if not keep_empty:
-            num_empty = sum(not r["instances"] for r in records)
             records = [r for r in records if r["instances"]]
             logger.info(
                 "%s: dropped %d of %d images without (non-crowd) instances from this set "
                 "(data.train_keep_empty=true keeps them)",
                 ann_file,
-                num_empty,
-                num_empty + len(records),
+                self.num_listed - len(records),
+                self.num_listed,
             )
         self._check_image_files(records)
         self._records = _PackedRecords(records)
@@ -520,6 +528,22 @@ class CocoDataModule(pl.LightningDataModule):
                 keep_empty=self.train_keep_empty,
             )
             self._check_same_categories(self._train_dataset, self._val_dataset)
+            self._check_trainable(
+                self._train_dataset,
+                self.train_ann_file,
+                "Set data.train_ann to a file that lists annotated training images",
+            )
+
+    def _check_trainable(self, dataset: CocoInstanceDataset, source: str, fix: str) -> None:
+        """Stop before training when the training split kept no image (zero steps)."""
+        if len(dataset):
+            return
+        dropped = dataset.num_listed - len(dataset)
+        raise DatasetError(
+            f"{source}: no training images: {dataset.num_listed} listed, {dropped} dropped as "
+            f"empty ({dataset.empty_reason}), 0 left. "
+            f"{fix}, or set data.train_keep_empty=true to train on images without instances."
+        )
 
     @staticmethod
     def _check_same_categories(train: CocoInstanceDataset, val: CocoInstanceDataset) -> None:
@@ -542,29 +566,45 @@ class CocoDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup() before using the validation set")
         return self._val_dataset
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled batches; order and augmentation are functions of (seed, epoch) only."""
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            sampler=SeededEpochSampler(
-                len(self.train_dataset),
-                self.seed,
-                group_ids=self.train_dataset.orientations(),
-                batch_size=self.batch_size,
-            ),
-            drop_last=False,
+    def train_dataloader(self) -> ResumableDataLoader:
+        """This process's share of the shuffled batches, each of one orientation; order and
+        augmentation are functions of (seed, epoch) only, whatever the number of processes."""
+        dataset = self.train_dataset
+        batch_sampler = DistributedGroupedBatchSampler(
+            SeededEpochSampler(len(dataset), self.seed),
+            self.batch_size,
+            group_ids=dataset.orientations(),
+        )
+        return ResumableDataLoader(
+            dataset,
+            batch_sampler,
+            batches_done=self._batches_done,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=self.collate,
         )
 
+    def _batches_done(self) -> int:
+        """Batches of the current training epoch trained already: Lightning's counter, which
+        a checkpoint written inside an epoch restores (0 when an epoch starts)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
     def val_dataloader(self) -> DataLoader:
-        """Batches in file order."""
+        """Batches in file order; with several processes each evaluates every
+        ``world_size``-th image (the evaluator merges them on rank 0)."""
+        rank, world_size = distributed_rank()
+        sampler = None
+        if world_size > 1:
+            sampler = DistributedSampler(
+                self.val_dataset, num_replicas=world_size, rank=rank, shuffle=False
+            )
         return DataLoader(
             self.val_dataset,
             batch_size=self.val_batch_size,
+            sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "wandb_run_id"  # in the run folder: the W&B run a resumed run logs into
 
 
 def wandb_logged_in() -> bool:
@@ -47,6 +52,28 @@ def wandb_logger(offline: bool | str = "auto", **kwargs) -> WandbLogger:
     if not kwargs.get("name"):
         kwargs["name"] = None  # W&B picks a name (a run without overrides has "")
     return WandbLogger(offline=offline, **kwargs)
+
+
+def wandb_run_id(run_dir: str | Path, continues_run: bool) -> str | None:
+    """The W&B run id of the training run in ``run_dir``.
+
+    A run that continues from its folder's checkpoint keeps the id stored in
+    ``<run_dir>/wandb_run_id`` (passed with ``resume="allow"``, W&B appends to that run);
+    otherwise a new id is drawn and stored there. Only rank 0 logs to W&B: other
+    processes get None and leave the file alone.
+    """
+    if rank_zero_only.rank != 0:
+        return None
+    file = Path(run_dir) / RUN_ID_FILE
+    if continues_run and file.is_file() and (stored := file.read_text().strip()):
+        log.info("W&B: continuing run %s (id from %s)", stored, file)
+        return stored
+    alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(run_id + "\n")
+    log.info("W&B: new run %s (id stored in %s)", run_id, file)
+    return run_id
 
 
 def finish_runs(loggers: Iterable[object]) -> None:

@@ -9,14 +9,22 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from pointins.slurm import cluster_plugins
+
 log = logging.getLogger(__name__)
 
 
-def instantiate_all(group: Mapping | None) -> list:
-    """Instantiate every ``_target_`` entry of a callbacks/logger group (None entries skipped)."""
+def instantiate_all(group: Mapping | None, kwargs: Mapping[str, Mapping] | None = None) -> list:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (None entries
+    skipped); ``kwargs[name]`` are extra arguments of entry ``name``."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+    kwargs = kwargs or {}
+    return [
+        instantiate(c, **kwargs.get(name, {}))
+        for name, c in group.items()
+        if c is not None and "_target_" in c
+    ]
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -29,10 +37,26 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def build_trainer(cfg: DictConfig, **overrides) -> pl.Trainer:
-    return instantiate(
+def build_trainer(
+    cfg: DictConfig, logger_kwargs: Mapping[str, Mapping] | None = None, **overrides
+) -> pl.Trainer:
+    """The Trainer with the configured callbacks and loggers (``logger_kwargs[name]``: extra
+    arguments of logger ``name``)."""
+    # the configured plugins and, inside a SLURM job, the requeue on the time limit
+    plugins = [*instantiate(cfg.trainer.get("plugins") or [], _convert_="all")]
+    plugins += cluster_plugins()
+    trainer = instantiate(
         cfg.trainer,
         callbacks=instantiate_all(cfg.get("callbacks")),
-        logger=instantiate_all(cfg.get("logger")) or False,
+        logger=instantiate_all(cfg.get("logger"), logger_kwargs) or False,
+        plugins=plugins or None,
         **overrides,
     )
+    if trainer.world_size > 1 and cfg.trainer.get("use_distributed_sampler", True):
+        raise ValueError(
+            f"trainer.use_distributed_sampler=true on {trainer.world_size} processes: the "
+            "datamodules split the data between processes themselves "
+            "(datamodules/sampling.py), and Lightning's sampler wrapper would split it again. "
+            "Set trainer.use_distributed_sampler=false (conf/trainer/default.yaml does)."
+        )
+    return trainer

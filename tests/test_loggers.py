@@ -1,10 +1,18 @@
-"""pointins.loggers: W&B runs online only with credentials, offline otherwise."""
+"""pointins.loggers: W&B runs online only with credentials, offline otherwise; a run
+continued in its folder logs into the same W&B run."""
 
 from __future__ import annotations
 
 import pytest
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from pointins.loggers import finish_runs, wandb_logged_in, wandb_logger
+from pointins.loggers import (
+    RUN_ID_FILE,
+    finish_runs,
+    wandb_logged_in,
+    wandb_logger,
+    wandb_run_id,
+)
 
 
 @pytest.fixture
@@ -46,3 +54,32 @@ def test_each_job_of_a_multirun_writes_its_own_offline_run(no_credentials, tmp_p
         finish_runs([logger])
     for job in ("job0", "job1"):
         assert len(list((tmp_path / job / "wandb").glob("offline-run-*"))) == 1, job
+
+
+def test_a_continued_run_keeps_its_wandb_id_and_a_fresh_one_draws_a_new_id(tmp_path):
+    first = wandb_run_id(tmp_path, continues_run=False)
+    assert (tmp_path / RUN_ID_FILE).read_text().strip() == first
+    assert wandb_run_id(tmp_path, continues_run=True) == first
+    fresh = wandb_run_id(tmp_path, continues_run=False)
+    assert fresh != first and (tmp_path / RUN_ID_FILE).read_text().strip() == fresh
+    assert wandb_run_id(tmp_path / "new", continues_run=True) is not None  # nothing stored yet
+
+
+def test_only_rank_zero_touches_the_id_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert wandb_run_id(tmp_path, continues_run=False) is None
+    assert not (tmp_path / RUN_ID_FILE).exists()
+
+
+def test_two_processes_with_one_id_write_one_offline_run(no_credentials, tmp_path):
+    """What a run killed and rerun in its folder leaves: two offline parts, one run id
+    (``wandb sync <run dir>/wandb/offline-run-*`` uploads them into one run)."""
+    for value in (1.0, 2.0):
+        logger = wandb_logger(
+            offline="auto", project="p", save_dir=str(tmp_path), id="abcd1234", resume="allow"
+        )
+        logger.log_metrics({"segm/AP": value})
+        finish_runs([logger])
+    parts = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2
+    assert all([f.name for f in p.glob("run-*.wandb")] == ["run-abcd1234.wandb"] for p in parts)

@@ -1,4 +1,5 @@
-"""End-to-end training: runs, writes its run directory, resumes exactly, stops on NaN."""
+"""End-to-end training: runs, writes its run directory, resumes exactly, stops on NaN and
+before training on an empty training set."""
 
 from __future__ import annotations
 
@@ -210,3 +211,51 @@ def test_auto_scale_lr_off_keeps_the_configured_rate(run):
     _, _, out = run("fixed", ["optim.reference_batch=8", "optim.auto_scale_lr=false"])
     saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)
+
+
+def test_a_training_set_left_empty_stops_before_training(compose_cfg, tmp_path):
+    """Every training image only crowd-annotated or unannotated: zero steps to train, so
+    the run stops with the file and the counts instead of exiting as if it had trained."""
+    from test_coco_datamodule import coco_dict, write_dataset
+
+    from datamodules.coco import DatasetError
+
+    data = coco_dict()
+    write_dataset(tmp_path / "mine", data, "val.json")
+    data["images"] = [img for img in data["images"] if img["id"] in (4, 5)]  # crowd / nothing
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in (4, 5)]
+    write_dataset(tmp_path / "mine", data, "train.json")
+    overrides = [o for o in TINY if not o.startswith(("data.num_train", "data.num_val"))]
+    cfg = compose_cfg(
+        [
+            *overrides,
+            "data=coco",
+            f"data.root={tmp_path / 'mine'}",
+            "data.train_ann=train.json",
+            "data.train_img_dir=img",
+            "data.val_ann=val.json",
+            "data.val_img_dir=img",
+        ]
+    )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg.hydra
+    train_file = tmp_path / "mine" / "train.json"
+    expected = f"{train_file}: no training images: 2 listed, 2 dropped as empty .*, 0 left"
+    with pytest.raises(DatasetError, match=expected) as error:
+        train_entry.train(cfg)
+    assert "data.train_keep_empty=true" in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_cityscapes_split_left_empty_names_the_folder(tmp_path):
+    from test_cityscapes_datamodule import datamodule, id_map_a, id_map_empty, write_image
+
+    from datamodules.coco import DatasetError
+
+    root = tmp_path / "cityscapes"
+    write_image(root, "train", "aachen", 1, id_map_empty())
+    write_image(root, "val", "lindau", 1, id_map_a())
+    with pytest.raises(DatasetError, match=r"gtFine/train: .* 1 listed, 1 dropped .* 0 left"):
+        datamodule(root).setup("fit")
