@@ -11,17 +11,25 @@ detections of all images as COCO results in predictions.json (see ``pointins.pre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from datamodules.transforms import build_test_transforms
 from pointins.lit_module import PointINSModule
-from pointins.loggers import finish_runs
+from pointins.loggers import (
+    finish_runs,
+    identity_kwargs,
+    log_final,
+    run_identity,
+    training_run,
+)
 from pointins.predict import list_images, predict_images
 from pointins.runner import build_datamodule, build_trainer
 
@@ -51,14 +59,35 @@ def load_checkpoint(path: str, class_names: list[str] | None = None) -> PointINS
     return model
 
 
+def wandb_kwargs(cfg: DictConfig) -> dict[str, dict]:
+    """The W&B run of an evaluation: ``job_type=eval``, in the group of the training run
+    that wrote the checkpoint (its run folder's ``wandb_group`` file), named like a
+    training run (``eval`` + overrides)."""
+    if "wandb" not in (cfg.get("logger") or {}):
+        return {}
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    identity = run_identity(cfg, hydra_cfg, job_type="eval")
+    source = training_run(cfg.ckpt_path)
+    if source.wandb_group is not None:
+        identity = dataclasses.replace(identity, group=source.wandb_group)
+    return {"wandb": identity_kwargs(identity, cfg.logger.wandb)}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = load_checkpoint(cfg.ckpt_path, datamodule.class_names)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, wandb_kwargs(cfg))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra", None)
+    source = training_run(cfg.ckpt_path)
+    resolved["train_run"] = {"dir": source.dir, "wandb_id": source.wandb_id}
     try:
+        for logger in trainer.loggers:  # test scale, checkpoint and the training run
+            logger.log_hyperparams(resolved)
         trainer.validate(model, datamodule=datamodule)
+        log_final(trainer.loggers, trainer.callback_metrics, trainer.global_step)
     finally:
         finish_runs(trainer.loggers)  # each job of `eval.py -m` writes its own W&B run
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

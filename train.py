@@ -17,11 +17,19 @@ import warnings
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pointins.backbones.pretrained import resolve_weights
-from pointins.loggers import finish_runs, wandb_run_id
+from pointins.loggers import (
+    finish_runs,
+    identity_kwargs,
+    log_final,
+    run_identity,
+    store_group,
+    wandb_run_id,
+)
 from pointins.resume import plan_start
 from pointins.runner import build_datamodule, build_trainer
 
@@ -50,12 +58,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger_kwargs = {}
     if "wandb" in (cfg.get("logger") or {}):  # a continued run logs into its W&B run
         run_id = wandb_run_id(cfg.paths.output_dir, start.continues_run)
-        logger_kwargs["wandb"] = {"id": run_id, "resume": "allow"}
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+        identity = run_identity(cfg, hydra_cfg, job_type="train")
+        store_group(cfg.paths.output_dir, identity.group)  # eval.py joins this group
+        logger_kwargs["wandb"] = {
+            "id": run_id,
+            "resume": "allow",
+            **identity_kwargs(identity, cfg.logger.wandb),
+        }
     trainer = build_trainer(cfg, logger_kwargs)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
     try:
-        for logger in trainer.loggers:  # the whole resolved config, not only the model's
+        # the one config record: the whole resolved config (the module's own hparams are
+        # kept out of the loggers)
+        for logger in trainer.loggers:
             logger.log_hyperparams(resolved)
         trainer.fit(model, datamodule=datamodule, ckpt_path=start.ckpt_path)
         if not trainer.interrupted and model.validated_at_step != trainer.global_step:
@@ -63,6 +80,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             # final weights, so every run leaves a metrics.json (sweep tables read it)
             log.info("Evaluating the final weights (step %d)", trainer.global_step)
             trainer.validate(model, datamodule=datamodule, verbose=False)
+        if not trainer.interrupted:
+            log_final(trainer.loggers, trainer.callback_metrics, trainer.global_step)
     finally:
         finish_runs(trainer.loggers)  # each job of a multirun writes its own W&B run
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -9,7 +9,6 @@ import sys
 import time
 from datetime import timedelta
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
@@ -21,13 +20,30 @@ from datamodules.preview import denormalize
 log = logging.getLogger(__name__)
 
 
-def _label_map(masks: Tensor, labels: Tensor, order: Tensor) -> np.ndarray:
-    """``(n, H, W)`` masks -> ``(H, W)`` uint8 map of class id + 1 (0 = background), the
-    instances painted in ``order`` (later ones on top)."""
-    out = torch.zeros(masks.shape[-2:], dtype=torch.uint8)
-    for i in order.tolist():  # at most the panel's detections, off the training path
-        out[masks[i].bool()] = int(labels[i]) + 1
-    return out.numpy()
+# W&B stores a mask layer as an 8-bit PNG through int8: ids 1..127, 0 is background
+MAX_PANEL_INSTANCES = 127
+
+
+def instance_mask_data(masks: Tensor, captions: list[str]) -> dict:
+    """One W&B mask layer in which every instance keeps its own id.
+
+    ``masks`` (n, H, W), first on top where they overlap, and one caption per instance ->
+    ``{"mask_data": (H, W) uint8 map of instance id (k + 1 for masks[k], 0 = background),
+    "class_labels": {k + 1: captions[k]}}``. Only the first :data:`MAX_PANEL_INSTANCES`
+    instances are drawn.
+    """
+    masks, captions = masks[:MAX_PANEL_INSTANCES], captions[:MAX_PANEL_INSTANCES]
+    if masks.shape[0] != len(captions):
+        raise ValueError(
+            f"instance_mask_data: {masks.shape[0]} masks for {len(captions)} captions."
+        )
+    none = MAX_PANEL_INSTANCES + 1
+    ids = torch.arange(1, masks.shape[0] + 1, dtype=torch.int16)[:, None, None]  # (n, 1, 1)
+    layers = torch.where(masks.bool(), ids, none)  # (n, H, W): the id where the mask is on
+    background = layers.new_full((1, *masks.shape[-2:]), none)  # (1, H, W)
+    first = torch.cat([layers, background]).amin(dim=0)  # (H, W): the first mask on top
+    id_map = torch.where(first == none, 0, first).to(torch.uint8)
+    return {"mask_data": id_map.numpy(), "class_labels": dict(enumerate(captions, start=1))}
 
 
 def _box_data(boxes: Tensor, labels: Tensor, names: list[str], scores: Tensor | None) -> list:
@@ -52,9 +68,12 @@ class ValidationImages(pl.Callback):
     and ground-truth masks and boxes as W&B images (``val/predictions``).
 
     The first images of the split, always the same ones, so runs compare side by side in
-    the W&B media panel. Predictions scoring under ``score_thresh`` are left out of the
-    picture (display only; the metrics use every detection). Does nothing without a
-    :class:`WandbLogger`, during the sanity check, and on ranks other than 0.
+    the W&B media panel. Each instance is its own mask id (:func:`instance_mask_data`), so
+    touching objects of one class stay apart: predictions are captioned "<class> <score>"
+    and drawn highest score on top, ground-truth instances "<class>". Predictions scoring
+    under ``score_thresh`` are left out of the picture (display only; the metrics use every
+    detection). Does nothing without a :class:`WandbLogger`, during the sanity check, and on
+    ranks other than 0.
     """
 
     def __init__(self, num_images: int = 8, score_thresh: float = 0.3) -> None:
@@ -86,7 +105,8 @@ class ValidationImages(pl.Callback):
         ):
             pred = {k: v.cpu() for k, v in pred.items()}
             keep = pred["scores"] >= self.score_thresh
-            pred = {k: v[keep] for k, v in pred.items()}
+            order = pred["scores"][keep].argsort(descending=True)
+            pred = {k: v[keep][order] for k, v in pred.items()}  # highest score first
             pixels = denormalize(image[:, :h, :w].cpu(), datamodule.mean, datamodule.std)
             boxes = {
                 "predictions": {
@@ -98,21 +118,16 @@ class ValidationImages(pl.Callback):
                     "class_labels": class_labels,
                 },
             }
-            masks = {
-                "ground_truth": {
-                    "mask_data": _label_map(
-                        target["masks"], target["labels"], torch.arange(len(target["labels"]))
-                    ),
-                    "class_labels": class_labels,
-                }
-            }
+            gt_captions = [names[label] for label in target["labels"].tolist()]
+            masks = {"ground_truth": instance_mask_data(target["masks"].cpu(), gt_captions)}
             if "masks" in pred:
-                masks["predictions"] = {
-                    "mask_data": _label_map(
-                        pred["masks"], pred["labels"], pred["scores"].argsort()
-                    ),
-                    "class_labels": class_labels,
-                }
+                captions = [
+                    f"{names[label]} {score:.2f}"
+                    for label, score in zip(
+                        pred["labels"].tolist(), pred["scores"].tolist(), strict=True
+                    )
+                ]
+                masks["predictions"] = instance_mask_data(pred["masks"], captions)
             panel.append(wandb.Image(pixels.permute(1, 2, 0).numpy(), boxes=boxes, masks=masks))
         for logger in loggers:
             logger.experiment.log(

@@ -15,6 +15,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from pointins.checkpoints import init_from_checkpoint
+from pointins.evaluation.coco import log_per_class_table
 from pointins.model import MaskSampling, PointINS
 from pointins.schedules import milestones_past_the_end, scale_to_batch
 
@@ -127,7 +128,8 @@ class PointINSModule(pl.LightningModule):
         # the normalisation actually built (norm=auto depends on the weights): a checkpoint
         # rebuilt without the ImageNet weights gets the same layers
         hparams["backbone"] = {**hparams["backbone"], "norm": self.model.backbone.norm}
-        self.save_hyperparameters(hparams)
+        # in the checkpoint, not in the loggers: train.py logs the whole resolved config
+        self.save_hyperparameters(hparams, logger=False)
         if init_from is not None:
             init_from_checkpoint(self, init_from)  # logs what was loaded and re-initialised
         if compile:
@@ -180,9 +182,14 @@ class PointINSModule(pl.LightningModule):
         if self._inference_seconds > 0:
             speed["speed/images_per_second"] = self._inference_images / self._inference_seconds
         metrics = self.evaluator.compute(extra=speed)  # AP identical on every rank
+        per_class = getattr(self.evaluator, "per_class", [])  # rows filled on rank 0 only
         self.evaluator = None
         if not self.trainer.sanity_checking:
-            self.log_dict(metrics, sync_dist=False)
+            # per-class APs go to metrics.json and one W&B table, not to a chart per class
+            overall = {k: v for k, v in metrics.items() if "/AP-" not in k}
+            self.log_dict(overall, sync_dist=False)
+            if self.trainer.is_global_zero:
+                log_per_class_table(self.trainer.loggers, per_class, self.global_step)
             self.validated_at_step = self.global_step
 
     # ------------------------------------------------------------- optimisation

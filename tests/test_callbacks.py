@@ -1,19 +1,30 @@
 """Progress for batch jobs: the plain lines of ProgressLines on a tiny fit, and the choice
-between them and the tqdm bar by whether stdout is a terminal."""
+between them and the tqdm bar by whether stdout is a terminal; the instance masks of the
+validation panel."""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import wandb
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from pointins.callbacks import ProgressLines, progress_bar
+from pointins.callbacks import (
+    MAX_PANEL_INSTANCES,
+    ProgressLines,
+    ValidationImages,
+    instance_mask_data,
+    progress_bar,
+)
 
 TRAIN_LINE = re.compile(
     r"\[train\] iter (?P<step>\d+)/(?P<total>\d+)  eta (?P<eta>\d+:\d\d:\d\d)"
@@ -157,3 +168,82 @@ def test_progress_bar_follows_stdout(monkeypatch, tty, refresh_rate, kind):
     assert type(bar) is kind
     if kind is TQDMProgressBar:
         assert bar.refresh_rate == refresh_rate and bar.is_enabled == (refresh_rate > 0)
+
+
+def test_touching_same_class_instances_keep_their_own_ids():
+    """Two 'car' predictions side by side: two ids in the logged mask, each with its own
+    class and score caption; where masks overlap the first (highest score) is on top."""
+    masks = torch.zeros(3, 6, 8, dtype=torch.bool)
+    masks[0, 1:5, 0:4] = True  # car 0.9
+    masks[1, 1:5, 4:8] = True  # car 0.8, touching the first
+    masks[2, 0:3, 2:6] = True  # person 0.5, under both cars where they overlap
+    data = instance_mask_data(masks, ["car 0.90", "car 0.80", "person 0.50"])
+    ids = data["mask_data"]
+    assert ids.shape == (6, 8) and ids.dtype == np.uint8
+    assert (ids[1:5, 0:4] == 1).all() and (ids[1:5, 4:8] == 2).all()
+    assert (ids[0, 2:6] == 3).all()  # the person shows where no car covers it
+    assert set(np.unique(ids).tolist()) == {0, 1, 2, 3}
+    assert data["class_labels"] == {1: "car 0.90", 2: "car 0.80", 3: "person 0.50"}
+    wandb.Image(np.zeros((6, 8, 3), np.uint8), masks={"predictions": data})  # W&B accepts it
+
+
+def test_instance_mask_data_without_instances_and_beyond_the_cap():
+    empty = instance_mask_data(torch.zeros(0, 4, 5, dtype=torch.bool), [])
+    assert empty["class_labels"] == {} and not empty["mask_data"].any()
+    many = torch.zeros(MAX_PANEL_INSTANCES + 3, 16, 16, dtype=torch.bool)
+    many.view(len(many), -1)[torch.arange(len(many)), torch.arange(len(many))] = True
+    data = instance_mask_data(many, [f"car {i}" for i in range(len(many))])
+    assert int(data["mask_data"].max()) == MAX_PANEL_INSTANCES
+    assert len(data["class_labels"]) == MAX_PANEL_INSTANCES
+
+
+class RecordingWandbLogger(WandbLogger):
+    """A WandbLogger whose run records what is logged (no W&B run, no network)."""
+
+    def __init__(self) -> None:
+        super().__init__(offline=True)
+        self.logged: list[dict] = []
+
+    @property
+    def experiment(self):
+        return SimpleNamespace(log=self.logged.append)
+
+
+def test_validation_panel_logs_instances_with_scores_and_ground_truth():
+    """Two touching ground-truth cars and their two predictions: both layers of the logged
+    image keep two ids; a prediction under the score threshold is not drawn."""
+    gt_masks = torch.zeros(2, 6, 8, dtype=torch.bool)
+    gt_masks[0, :, :4], gt_masks[1, :, 4:] = True, True
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 6.0], [4.0, 0.0, 8.0, 6.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([1, 1]), "masks": gt_masks}
+    prediction = {
+        "boxes": torch.cat([boxes, boxes[:1]]),
+        "scores": torch.tensor([0.6, 0.9, 0.1]),
+        "labels": torch.tensor([1, 1, 0]),
+        "masks": torch.cat([gt_masks, gt_masks[:1]]),
+    }
+    batch = SimpleNamespace(images=torch.zeros(1, 3, 6, 8), image_sizes=[(6, 8)], targets=[target])
+    datamodule = SimpleNamespace(
+        val_dataset=[None] * 3, collate=lambda samples: batch, mean=[0.5] * 3, std=[0.2] * 3
+    )
+    module = SimpleNamespace(
+        model=SimpleNamespace(predict=lambda images, sizes, orig: [prediction]),
+        device=torch.device("cpu"),
+        class_names=["person", "car"],
+    )
+    recorder = RecordingWandbLogger()
+    trainer = SimpleNamespace(
+        loggers=[recorder], sanity_checking=False, is_global_zero=True,
+        datamodule=datamodule, global_step=7,
+    )  # fmt: skip
+    ValidationImages(num_images=1, score_thresh=0.3).on_validation_epoch_end(trainer, module)
+    (logged,) = recorder.logged
+    (image,) = logged["val/predictions"]
+    masks = image._masks
+    pred = masks["predictions"]._val
+    gt = masks["ground_truth"]._val
+    assert pred["class_labels"] == {1: "car 0.90", 2: "car 0.60"}  # highest score first
+    assert (pred["mask_data"][:, 4:] == 1).all() and (pred["mask_data"][:, :4] == 2).all()
+    assert gt["class_labels"] == {1: "car", 2: "car"}
+    assert set(np.unique(gt["mask_data"]).tolist()) == {1, 2}
+    assert logged["trainer/global_step"] == 7

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pointins.evaluation import CityscapesEvaluator, CityscapesImage
 from pointins.evaluation.cityscapes import _numpy2_compat
+from pointins.evaluation.coco import per_class_table
 
 H, W = 40, 60
 LABEL_IDS = [name2label[n].id for n in ("person", "rider", "car", "truck", "bus", "train",
@@ -243,3 +244,24 @@ def test_distributed_gather_matches_single_process(images, tmp_path: Path) -> No
     )
     for rank in range(2):
         np.testing.assert_equal(json.loads((out / f"rank{rank}.json").read_text()), single)
+
+
+def test_per_class_rows_and_table(images, tmp_path: Path) -> None:
+    """Per class: the official AP and AP50 and the scored ground-truth instances (the group
+    of cars is not one); found classes at 100, a class without ground truth empty."""
+    evaluator = CityscapesEvaluator(images, LABEL_IDS, tmp_path)
+    evaluator.update(list(images), [gt_predictions(img) for img in images.values()])
+    metrics = evaluator.compute()
+    rows = {row["class"]: row for row in evaluator.per_class}
+    assert list(rows) == ["person", "rider", "car", "truck", "bus", "train", "motorcycle",
+                          "bicycle"]  # fmt: skip
+    assert {n: r["instances"] for n, r in rows.items() if r["instances"]} == {
+        "person": 2,
+        "car": 2,
+        "bus": 1,
+    }
+    assert rows["car"]["AP"] == metrics["cityscapes/AP/car"] == 100.0
+    assert rows["bus"]["AP50"] == 100.0
+    table = per_class_table(evaluator.per_class)
+    assert table.columns == ["class", "AP", "AP50", "instances"]
+    assert table.data[1] == ["rider", None, None, 0]  # NaN: no rider in the ground truth

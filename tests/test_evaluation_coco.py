@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from torch import Tensor
 
 from pointins.evaluation import CocoEvaluator, encode_masks
+from pointins.evaluation.coco import log_per_class_table, per_class_table
 
 LABEL_TO_CAT = [3, 7, 12]  # non-contiguous category ids
 CAT_TO_LABEL = {c: label for label, c in enumerate(LABEL_TO_CAT)}
@@ -176,8 +179,12 @@ def _evaluate(ann_file: Path, out: Path, predictions: dict[int, dict[str, Tensor
     return evaluator.compute()
 
 
+CLASS_NAMES = ["cat", "dog", "bird"]  # of LABEL_TO_CAT
+
+
 def _keys(iou_types: tuple[str, ...]) -> set[str]:
-    return {f"{t}/{name}" for t in iou_types for name in AP_NAMES}
+    per_class = [f"AP-{name}" for name in CLASS_NAMES]
+    return {f"{t}/{name}" for t in iou_types for name in [*AP_NAMES, *per_class]}
 
 
 def test_ground_truth_as_predictions_scores_100(ann_file: Path, coco: COCO, tmp_path: Path):
@@ -345,3 +352,80 @@ def test_predictions_stream_to_disk_and_are_removed(ann_file: Path, coco: COCO, 
     evaluator.update([1], [_gt_predictions(coco, 1)])
     del evaluator
     assert not list(tmp_path.glob(".predictions-*"))
+
+
+def test_per_class_ap_one_class_perfect_one_missed(tmp_path: Path):
+    """Two classes, one ground-truth instance each: the found one scores AP 100, the
+    missed one 0, in the returned metrics, metrics.json and the per-class rows."""
+    ann_file = tmp_path / "two.json"
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "width": 40, "height": 30, "file_name": "a.jpg"}],
+                "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "person"}],
+                "annotations": [
+                    _ann(1, 1, 1, [_rect(2, 2, 12, 12)], [2, 2, 10, 10], 100),
+                    _ann(2, 1, 2, [_rect(20, 5, 30, 25)], [20, 5, 10, 20], 200),
+                    _ann(3, 1, 2, [_rect(0, 20, 8, 28)], [0, 20, 8, 8], 64, crowd=1),
+                ],
+            }
+        )
+    )
+    mask = torch.zeros(1, 30, 40, dtype=torch.bool)
+    mask[0, 2:12, 2:12] = True
+    car = {
+        "boxes": torch.tensor([[2.0, 2.0, 12.0, 12.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([0]),
+        "masks": mask,
+    }
+    evaluator = CocoEvaluator(ann_file, [1, 2], tmp_path / "out")
+    evaluator.update([1], [car])
+    metrics = evaluator.compute()
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for iou_type in ("bbox", "segm"):
+        for source in (metrics, saved):
+            assert source[f"{iou_type}/AP-car"] == pytest.approx(100.0)
+            assert source[f"{iou_type}/AP-person"] == 0.0
+        assert metrics[f"{iou_type}/AP"] == pytest.approx(50.0)
+    assert evaluator.per_class == [
+        {
+            "class": "car",
+            "bbox AP": pytest.approx(100.0),
+            "segm AP": pytest.approx(100.0),
+            "instances": 1,
+        },
+        {"class": "person", "bbox AP": 0.0, "segm AP": 0.0, "instances": 1},  # crowd not counted
+    ]
+    table = per_class_table(evaluator.per_class)
+    assert table.columns == ["class", "bbox AP", "segm AP", "instances"]
+    assert [row[0] for row in table.data] == ["car", "person"]
+
+
+def test_per_class_ap_is_nan_for_a_class_without_ground_truth(ann_file: Path, coco, tmp_path):
+    metrics = _evaluate(ann_file, tmp_path, {1: _gt_predictions(coco, 1)})  # no bird in 1
+    assert metrics["segm/AP-cat"] == pytest.approx(100.0)
+    assert np.isnan(metrics["segm/AP-bird"])
+    assert per_class_table([{"class": "bird", "AP": float("nan")}]).data == [["bird", None]]
+
+
+class RecordingWandbLogger(WandbLogger):
+    """A WandbLogger whose run records what is logged (no W&B run, no network)."""
+
+    def __init__(self) -> None:
+        super().__init__(offline=True)
+        self.logged: list[dict] = []
+
+    @property
+    def experiment(self):
+        return SimpleNamespace(log=self.logged.append)
+
+
+def test_per_class_table_goes_to_wandb_loggers_only():
+    rows = [{"class": "car", "bbox AP": 50.0, "segm AP": 40.0, "instances": 3}]
+    recorder = RecordingWandbLogger()
+    log_per_class_table([CSVLogger("unused"), recorder], rows, step=5)
+    (logged,) = recorder.logged
+    assert logged["trainer/global_step"] == 5
+    assert logged["val/per_class_ap"].data == [["car", 50.0, 40.0, 3]]
+    log_per_class_table([CSVLogger("unused")], rows, step=6)  # nothing to log to: no error

@@ -99,6 +99,9 @@ class CityscapesEvaluator:
         self.output_dir = Path(output_dir)
         self.keep_predictions = bool(keep_predictions)
         self.has_ground_truth = with_gt == {True}
+        # rank 0, after compute with ground truth: one row per label (class, AP, AP50,
+        # instances), the rows of pointins.evaluation.coco.per_class_table
+        self.per_class: list[dict[str, Any]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -153,7 +156,10 @@ class CityscapesEvaluator:
 
         Keys: ``cityscapes/AP``, ``cityscapes/AP50`` and ``cityscapes/AP/<class>``,
         ``cityscapes/AP50/<class>`` (NaN for a class without ground truth), plus ``extra``.
-        The test split has no metrics: its submission zip is written instead.
+        The test split has no metrics: its submission zip is written instead. Rank 0
+        fills :attr:`per_class` with one row per class: ``class``, ``AP``, ``AP50`` and
+        ``instances``, the ground-truth instances the official script counts (instance
+        ids, at least its minimum region size) in the evaluated images.
         """
         return evaluate_on_rank0(self._results, lambda parts: self._evaluate(parts, extra or {}))
 
@@ -213,7 +219,18 @@ class CityscapesEvaluator:
         gt_files = [str(self.images[i].instance_file) for i in sorted(pred_files)]
         args = official_args(work_dir, self.output_dir / RESULTS_FILE)
         averages = run_official(work_dir, gt_files, args)["averages"]
-        metrics = averages_to_metrics(averages, [id2label[i].name for i in self.label_ids])
+        names = [id2label[i].name for i in self.label_ids]
+        metrics = averages_to_metrics(averages, names)
+        counts = count_gt_instances(Path(args.gtInstancesFile), int(args.minRegionSizes[0]))
+        self.per_class = [
+            {
+                "class": name,
+                "AP": metrics[f"cityscapes/AP/{name}"],
+                "AP50": metrics[f"cityscapes/AP50/{name}"],
+                "instances": counts.get(name, 0),
+            }
+            for name in names
+        ]
         rows = "\n".join(
             f"{name:>15} | {metrics[f'cityscapes/AP/{name}']:6.2f} | "
             f"{metrics[f'cityscapes/AP50/{name}']:6.2f}"
@@ -302,6 +319,20 @@ def averages_to_metrics(
             value = float(averages["classes"][name][key])
             metrics[f"cityscapes/{kind}/{name}"] = value * 100 if not math.isnan(value) else value
     return metrics
+
+
+def count_gt_instances(gt_instances_file: Path, min_region_size: int) -> dict[str, int]:
+    """Class name -> ground-truth instances in the official script's ``gtInstances.json``
+    that it scores: instance ids (≥ 1000, not groups) of at least ``min_region_size`` pixels."""
+    gt = json.loads(gt_instances_file.read_text())  # gt file -> class name -> instances
+    counts: dict[str, int] = {}
+    for classes in gt.values():
+        for name, instances in classes.items():
+            kept = sum(
+                i["instID"] >= 1000 and i["pixelCount"] >= min_region_size for i in instances
+            )
+            counts[name] = counts.get(name, 0) + kept
+    return counts
 
 
 @contextlib.contextmanager

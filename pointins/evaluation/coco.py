@@ -116,6 +116,8 @@ class CocoEvaluator:
         self.iou_types = tuple(t for t in IOU_TYPES if t in iou_types)
         self.max_dets = int(max_dets)
         self._coco: COCO | None = None
+        # rank 0, after compute: one row per label (see compute)
+        self.per_class: list[dict[str, Any]] = []
         self.reset()
 
     @property
@@ -251,9 +253,12 @@ class CocoEvaluator:
     def compute(self, extra: Mapping[str, float] | None = None) -> dict[str, float]:
         """Gather, evaluate once on rank 0 and return the metrics (in percent) on every rank.
 
-        Keys are ``{iou_type}/{AP,AP50,AP75,APs,APm,APl}``; an area range without ground
-        truth gives NaN. ``extra`` (rank 0's, e.g. the inference speed) is added to them.
-        Rank 0 writes ``bbox.json``, ``segm.json`` and ``metrics.json``.
+        Keys are ``{iou_type}/{AP,AP50,AP75,APs,APm,APl}`` and, per class,
+        ``{iou_type}/AP-<class name>`` (as detectron2 names them); an area range or a class
+        without ground truth gives NaN. ``extra`` (rank 0's, e.g. the inference speed) is
+        added to them. Rank 0 writes ``bbox.json``, ``segm.json`` and ``metrics.json`` and
+        fills :attr:`per_class` (class, bbox AP, segm AP, instances), the rows of
+        :func:`per_class_table`.
         """
         own = self._read_streamed()
         self.reset()
@@ -283,19 +288,44 @@ class CocoEvaluator:
             metrics.update(
                 {f"{iou_type}/{k}": v for k, v in self._score(iou_type, dets, image_ids).items()}
             )
+        self.per_class = self._per_class_rows(metrics, image_ids)
         metrics.update({k: float(v) for k, v in extra.items()})
         save_metrics(metrics, self.output_dir / "metrics.json")
         return metrics
 
+    def class_names(self) -> list[str]:
+        """The category name of each training label."""
+        return [self.coco.cats[c]["name"] for c in self.label_to_cat_id]
+
+    def _per_class_rows(
+        self, metrics: Mapping[str, float], image_ids: list[int]
+    ) -> list[dict[str, Any]]:
+        """Per label: class name, bbox and segm AP (when scored) and the number of non-crowd
+        ground-truth instances of the class in the evaluated images."""
+        anns = [a for i in image_ids for a in self.coco.imgToAnns.get(i, []) if not a["iscrowd"]]
+        cat_ids = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        counts = (cat_ids[:, None] == np.array(self.label_to_cat_id)[None]).sum(0)  # (C,)
+        rows = []
+        for name, count in zip(self.class_names(), counts.tolist(), strict=True):
+            row: dict[str, Any] = {"class": name}
+            for iou_type in self.iou_types:
+                if f"{iou_type}/AP-{name}" in metrics:
+                    row[f"{iou_type} AP"] = metrics[f"{iou_type}/AP-{name}"]
+            row["instances"] = count
+            rows.append(row)
+        return rows
+
     def _score(
         self, iou_type: str, dets: list[dict[str, Any]], image_ids: list[int]
     ) -> dict[str, float]:
-        """AP metrics (percent) of one iou type; zeros with a warning when nothing was detected."""
+        """AP metrics (percent) of one iou type, the summary and ``AP-<class name>`` per
+        class; zeros with a warning when nothing was detected."""
+        per_class_keys = [f"AP-{name}" for name in self.class_names()]
         if not dets:
             logger.warning(
                 "COCO %s: no predictions on %d images; AP is 0.", iou_type, len(image_ids)
             )
-            return dict.fromkeys(AP_METRICS, 0.0)
+            return dict.fromkeys([*AP_METRICS, *per_class_keys], 0.0)
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = self.coco.loadRes([dict(d) for d in dets])  # loadRes adds keys: copy
             coco_eval = COCOeval(self.coco, coco_dt, iou_type)
@@ -310,6 +340,13 @@ class CocoEvaluator:
         logger.info(
             "COCO %s AP (%%), max %d dets:\n%s\n%s", iou_type, self.max_dets, header, values
         )
+        per_class = per_class_ap(coco_eval, self.label_to_cat_id)
+        logger.info(
+            "COCO %s per-class AP (%%): %s",
+            iou_type,
+            ", ".join(f"{k[3:]} {v:.3f}" for k, v in zip(per_class_keys, per_class, strict=True)),
+        )
+        metrics.update(zip(per_class_keys, per_class, strict=True))
         return metrics
 
 
@@ -330,6 +367,54 @@ def summarize_ap(coco_eval: COCOeval) -> dict[str, float]:
         valid = p[p > -1]
         metrics[name] = float(np.mean(valid) * 100) if valid.size else float("nan")
     return metrics
+
+
+def per_class_ap(coco_eval: COCOeval, cat_ids: Sequence[int]) -> list[float]:
+    """AP (percent, IoU 0.50:0.95, all areas, largest ``maxDets``) of each category in
+    ``cat_ids``, as detectron2's ``_derive_coco_results``: the mean of ``precision`` over
+    its valid (> -1) entries; NaN for a category without ground truth."""
+    params = coco_eval.params
+    # (T iou thresholds, R recall points, K categories, A area ranges, M maxDets)
+    precision = coco_eval.eval["precision"]
+    k = [list(params.catIds).index(c) for c in cat_ids]
+    p = precision[:, :, k, params.areaRngLbl.index("all"), -1]  # (T, R, C)
+    valid = p > -1
+    count = valid.sum(axis=(0, 1))  # (C,)
+    total = np.where(valid, p, 0.0).sum(axis=(0, 1))  # (C,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(count > 0, total / count * 100, np.nan)
+    return [float(v) for v in ap]
+
+
+def per_class_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The rows of an evaluator's ``per_class`` as a ``wandb.Table``, columns in the rows'
+    key order (NaN cells, classes without ground truth, become empty)."""
+    import wandb
+
+    columns = list(rows[0]) if rows else ["class"]
+    data = [
+        [None if isinstance(v, float) and np.isnan(v) else v for v in (r.get(c) for c in columns)]
+        for r in rows
+    ]
+    return wandb.Table(columns=columns, data=data)
+
+
+def log_per_class_table(
+    loggers: Sequence[Any],
+    rows: Sequence[Mapping[str, Any]],
+    step: int,
+    key: str = "val/per_class_ap",
+) -> None:
+    """Log ``rows`` as a ``wandb.Table`` under ``key`` to every Lightning ``WandbLogger`` in
+    ``loggers`` (nothing without one, or without rows)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wandb_loggers or not rows:
+        return
+    table = per_class_table(rows)
+    for lg in wandb_loggers:
+        lg.experiment.log({key: table, "trainer/global_step": step})
 
 
 def _remove(file: Any) -> None:
