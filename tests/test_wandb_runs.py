@@ -137,7 +137,9 @@ def trained(tmp_path_factory) -> Path:
 
 def test_training_run_is_named_grouped_and_tagged(trained):
     (run,) = offline_runs(trained)
-    assert run.run.display_name.startswith("shapes num_train=4 num_val=3 num_images=3 train_scales=[96]")
+    assert run.run.display_name.startswith(
+        "shapes num_train=4 num_val=3 num_images=3 train_scales=[96]"
+    )
     assert "seed=7" in run.run.display_name and "logger" not in run.run.display_name
     assert run.run.run_group == "shapes" == (trained / "wandb_group").read_text().strip()
     assert run.run.job_type == "train"
