@@ -84,7 +84,8 @@ def read_sweep(sweep_dir: str | Path) -> tuple[str, list[Row]]:
     """(title, rows) of the multirun in ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     cfg = _load_multirun(sweep_dir)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params or {})
+    swept_params = cfg.hydra.sweeper.params  # None or empty without an ablation
+    params = OmegaConf.to_container(swept_params) if swept_params else {}
     base = list(cfg.hydra.overrides.task)
     parser = OverridesParser.create()
     ablation_keys = {parser.parse_override(f"{k}=0").get_key_element() for k in params}

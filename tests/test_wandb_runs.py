@@ -241,3 +241,47 @@ def test_each_sweep_launch_is_one_group(tmp_path):
         "train 2026-11-29 10:00:01": ["seed=1", "seed=2"],
         "train 2026-11-29 10:00:02": ["seed=1", "seed=2"],
     }
+
+
+def test_a_sweep_of_two_rows_by_two_seeds_reviews_as_one_group(tmp_path):
+    """The whole review of a sweep from its offline run files: a 2-row x 2-seed launch is
+    one group of smoke-tagged training runs, an evaluation of one row joins it, and the
+    sweep's table (seeds averaged) is logged into it as well."""
+    sweep_dir = tmp_path / "multirun" / "train" / "2026-11-29" / "10-00-03"
+    rows = "hydra.sweep.subdir=${hydra.job.num}"
+    launch(
+        "train.py",
+        ["-m", *TINY, f"hydra.sweep.dir={sweep_dir}", rows,
+         "model.mask.sampling.num_samples=8,16", "seed=1,2"],
+        tmp_path,
+    )  # fmt: skip
+    group = "train 2026-11-29 10:00:03"
+    runs = [offline_runs(job)[0] for job in sorted(sweep_dir.glob("[0-9]*"))]
+    assert len(runs) == 4 and {r.run.run_group for r in runs} == {group}
+    for run in runs:
+        assert "smoke" in run.tags and run.run.job_type == "train"
+        assert set(run.summary["segm/AP"]) == {"max"}
+    names = sorted(" ".join(r.run.display_name.split()[-2:]) for r in runs)
+    assert names == sorted(f"num_samples={n} seed={s}" for n in (8, 16) for s in (1, 2))
+
+    ckpt = sweep_dir / "0" / "checkpoints" / "last.ckpt"
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_steps", "optim."))]
+    eval_dir = tmp_path / "eval"
+    launch("eval.py", [*overrides, f"ckpt_path={ckpt}", f"hydra.run.dir={eval_dir}"], tmp_path)
+    (evaluation,) = offline_runs(eval_dir)
+    assert evaluation.run.job_type == "eval" and evaluation.run.run_group == group
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "pointins.tables", str(sweep_dir), "--wandb"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (table_run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    table_run = OfflineRun(table_run_dir)
+    assert table_run.run.job_type == "table" and table_run.run.run_group == group
+    (table_file,) = table_run_dir.glob("files/media/table/table*.table.json")
+    table = json.loads(table_file.read_text())
+    n = table["columns"].index("n")
+    assert len(table["data"]) == 2 and [row[n] for row in table["data"]] == [2, 2]
