@@ -1,5 +1,6 @@
-"""Callbacks that training tests add to a run: ``+callbacks.record._target_=recorders.
-RecordBatches +callbacks.record.out_dir=DIR`` (a subprocess needs ``PYTHONPATH=tests``)."""
+"""What tests record runs with: a W&B logger that keeps what is logged, and callbacks that
+training tests add to a run: ``+callbacks.record._target_=recorders.RecordBatches
++callbacks.record.out_dir=DIR`` (a subprocess needs ``PYTHONPATH=tests``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 
 
 class RecordBatches(pl.Callback):
@@ -71,3 +74,15 @@ class InterruptAtStep(pl.Callback):
             Path(self.marker).write_text(f"{trainer.global_step}\n")
         while True:
             time.sleep(1)
+
+
+class RecordingWandbLogger(WandbLogger):
+    """A WandbLogger whose run records what is logged (no W&B run, no network)."""
+
+    def __init__(self) -> None:
+        super().__init__(offline=True)
+        self.logged: list[dict] = []
+
+    @property
+    def experiment(self):
+        return SimpleNamespace(log=self.logged.append)

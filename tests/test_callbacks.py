@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 import wandb
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.loggers import WandbLogger
+from recorders import RecordingWandbLogger
 from torch import nn
 
 from pointins.callbacks import (
@@ -195,18 +195,6 @@ def test_instance_mask_data_without_instances_and_beyond_the_cap():
     data = instance_mask_data(many, [f"car {i}" for i in range(len(many))])
     assert int(data["mask_data"].max()) == MAX_PANEL_INSTANCES
     assert len(data["class_labels"]) == MAX_PANEL_INSTANCES
-
-
-class RecordingWandbLogger(WandbLogger):
-    """A WandbLogger whose run records what is logged (no W&B run, no network)."""
-
-    def __init__(self) -> None:
-        super().__init__(offline=True)
-        self.logged: list[dict] = []
-
-    @property
-    def experiment(self):
-        return SimpleNamespace(log=self.logged.append)
 
 
 def test_validation_panel_logs_instances_with_scores_and_ground_truth():

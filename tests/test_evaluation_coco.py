@@ -7,7 +7,6 @@ import io
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger
+from recorders import RecordingWandbLogger
 from torch import Tensor
 
 from pointins.evaluation import CocoEvaluator, encode_masks
@@ -407,18 +407,6 @@ def test_per_class_ap_is_nan_for_a_class_without_ground_truth(ann_file: Path, co
     assert metrics["segm/AP-cat"] == pytest.approx(100.0)
     assert np.isnan(metrics["segm/AP-bird"])
     assert per_class_table([{"class": "bird", "AP": float("nan")}]).data == [["bird", None]]
-
-
-class RecordingWandbLogger(WandbLogger):
-    """A WandbLogger whose run records what is logged (no W&B run, no network)."""
-
-    def __init__(self) -> None:
-        super().__init__(offline=True)
-        self.logged: list[dict] = []
-
-    @property
-    def experiment(self):
-        return SimpleNamespace(log=self.logged.append)
 
 
 def test_per_class_table_goes_to_wandb_loggers_only():
