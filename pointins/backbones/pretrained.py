@@ -83,6 +83,11 @@ def resolve_weights(name: str, pretrained: bool, checkpoint_path: str | None) ->
     return path
 
 
+def _url_file(url: str) -> Path:
+    """Where torch.hub (and timm, for weights published by URL only) keeps ``url``'s file."""
+    return torch_hub_dir() / Path(urlparse(url).path).name
+
+
 def _cached_file(hf_hub_id: str | None, url: str | None) -> Path | None:
     if hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
@@ -92,7 +97,7 @@ def _cached_file(hf_hub_id: str | None, url: str | None) -> Path | None:
             if isinstance(found, str):
                 return Path(found)
     if url:
-        path = torch_hub_dir() / Path(urlparse(url).path).name
+        path = _url_file(url)
         if path.is_file():
             return path
     return None
@@ -129,7 +134,7 @@ def _download(hf_hub_id: str | None, url: str | None) -> Path:
                 except EntryNotFoundError:
                     continue
             raise FileNotFoundError(f"no weights file {_HUB_FILES} in hub repository {hf_hub_id}")
-        path = torch_hub_dir() / Path(urlparse(url).path).name
+        path = _url_file(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(path))
         return path
