@@ -81,7 +81,7 @@ from benchmarks.torchvision_baseline import (
 )
 from benchmarks.torchvision_baseline import build_model as build_torchvision
 from datamodules.collate import Batch
-from pointins.lit_module import build_model
+from pointins.model import build_model
 from pointins.runner import build_datamodule
 
 log = logging.getLogger("bench")

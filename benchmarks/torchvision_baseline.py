@@ -93,7 +93,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from datamodules.collate import Batch
-from pointins.lit_module import p6_input
+from pointins.model import p6_input
 
 log = logging.getLogger("benchmarks.torchvision_baseline")
 

@@ -7,10 +7,11 @@ candidates in training, the detections kept after NMS at inference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from hydra.utils import get_class, instantiate
 from torch import Tensor, nn
 
 from pointins.detectors.assigners import pad_targets
@@ -182,4 +183,47 @@ def queries_from_detections(
         stride=stride,
         anchors=torch.cat([d.anchors for d in detections]),
         target_boxes=torch.cat([d.boxes for d in detections]),
+    )
+
+
+def p6_input(neck: Mapping, detector: Mapping) -> str:
+    """The FPN's P6 input: ``neck.p6_from`` if set, else the detector's own (RetinaNet: C5,
+    FCOS: P5, as in the original detectors)."""
+    return neck.get("p6_from") or get_class(detector["_target_"]).p6_from
+
+
+def build_model(
+    backbone: Mapping,
+    neck: Mapping,
+    detector: Mapping,
+    mask: Mapping | None,
+    num_classes: int,
+    det_weight: float = 1.0,
+) -> PointINS:
+    """Instantiate backbone → FPN → detector → mask module, wiring the widths and strides
+    each part derives from the previous one (nothing is typed twice in the configs)."""
+    backbone_m = instantiate(backbone)
+    neck_m = instantiate(
+        neck,
+        in_channels=backbone_m.out_channels,
+        in_strides=backbone_m.strides,
+        p6_from=p6_input(neck, detector),
+    )
+    detector_m = instantiate(
+        detector,
+        in_channels=neck_m.out_channels,
+        num_classes=num_classes,
+        strides=neck_m.strides,
+    )
+    if mask is None:
+        return PointINS(backbone_m, neck_m, detector_m, det_weight=det_weight)
+    mask = dict(mask)
+    sampling = MaskSampling(**mask.pop("sampling", {}))
+    mask_weight = mask.pop("loss_weight", 2.0)
+    edge_weight = mask.pop("edge_weight", 4.0)
+    mask_m = instantiate(
+        mask, in_channels=detector_m.head.out_channels, anchor_shape=detector_m.anchor_shape
+    )
+    return PointINS(
+        backbone_m, neck_m, detector_m, mask_m, sampling, det_weight, mask_weight, edge_weight
     )

@@ -11,7 +11,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from pointins.lit_module import build_model
+from pointins.model import build_model
 from pointins.tables import sweep_jobs as expand
 
 # table -> (config name, [row: {dotted key: value}]) in the paper's row order

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pointins.lit_module import build_model
+from pointins.model import build_model
 
 
 def _tiny(compose_cfg, detector: str):
