@@ -8,29 +8,17 @@ candidates in training, the detections kept after NMS at inference.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from pointins.detectors.assigners import pad_targets
-from pointins.detectors.dense_detector import DenseDetector, cat_levels
+from pointins.detectors.dense_detector import DenseDetector
 from pointins.mask.instance_aware_mask import InstanceAwareMask
 from pointins.mask.losses import mask_loss
 from pointins.mask.paste import paste_masks
-from pointins.mask.sampling import mask_targets, sample_queries
+from pointins.mask.sampling import QuerySampler
 from pointins.structures import Detections, InstanceQueries
-
-
-@dataclass
-class MaskSampling:
-    """§3.3 / T8–T10: which (point, anchor, target box) candidates train the masks."""
-
-    anchor_iou: float = 0.5  # t_a
-    box_iou: float = 0.5  # t_b
-    target_box_probs: Sequence[float] = (0.05, 0.05, 0.9)  # (anchor, GT, regressed)
-    num_samples: int | None = 128  # per image; None = all
 
 
 class PointINS(nn.Module):
@@ -42,7 +30,7 @@ class PointINS(nn.Module):
         neck: nn.Module,
         detector: DenseDetector,
         mask: InstanceAwareMask | None = None,
-        sampling: MaskSampling | None = None,
+        sampler: QuerySampler | None = None,
         det_weight: float = 1.0,
         mask_weight: float = 2.0,
         edge_weight: float = 4.0,
@@ -52,7 +40,7 @@ class PointINS(nn.Module):
         self.neck = neck
         self.detector = detector
         self.mask = mask
-        self.sampling = sampling or MaskSampling()
+        self.sampler = sampler or QuerySampler()
         self.det_weight = det_weight
         self.mask_weight = mask_weight
         self.edge_weight = edge_weight
@@ -86,42 +74,18 @@ class PointINS(nn.Module):
         targets: list[dict[str, Tensor]],
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Weighted loss terms; their sum is the training loss (SPEC §5)."""
-        outputs = self.detector(self.features(images))
-        feature_sizes = [tuple(p.shape[-2:]) for p in outputs.poi_features]
-        anchors = torch.cat(self.detector.anchors(feature_sizes, images.device))  # (N, 4)
-        level_ids = self.detector.level_ids(feature_sizes, images.device)  # (N,)
-        gt_boxes, gt_labels, gt_valid = pad_targets(targets)  # (B, G, 4), (B, G), (B, G)
-        matched_idxs = self.detector.assign(anchors, level_ids, gt_boxes, gt_valid)  # (B, N)
-        losses = self.detector.compute_losses(outputs, anchors, matched_idxs, gt_boxes, gt_labels)
-        losses = {k: self.det_weight * v for k, v in losses.items()}
+        """Weighted loss terms; their sum is the training loss (SPEC §5):
+        detector -> query sampler -> mask module -> mask loss."""
+        det_losses, state = self.detector.forward_train(self.features(images), targets)
+        losses = {k: self.det_weight * v for k, v in det_losses.items()}
         if self.mask is None:
             return losses
-
-        s = self.sampling
-        anchor_gt = self.detector.mask_anchor_condition(
-            anchors, matched_idxs, gt_boxes, gt_valid, s.anchor_iou
-        )  # (B, N)
-        with torch.no_grad():
-            pred_boxes = self.detector.decode(cat_levels(outputs.box_regression), anchors)
-        queries, _ = sample_queries(
-            anchors,
-            level_ids,
-            feature_sizes,
-            self.detector.strides,
-            self.detector.num_anchors,
-            anchor_gt,
-            pred_boxes,
-            gt_boxes,
-            gt_valid,
-            box_iou_thresh=s.box_iou,
-            target_box_probs=s.target_box_probs,
-            num_samples=s.num_samples,
-            generator=generator,
-        )
+        anchor_gt = self.detector.mask_anchor_condition(state, self.sampler.anchor_iou)  # (B, N)
         # targets first: their crop's transient memory then comes before the head's activations
-        mask_gt = mask_targets([t["masks"] for t in targets], queries, self.mask.mask_size)
-        logits = self.mask(outputs.poi_features, queries)  # (N, 2K, 2K)
+        queries, mask_gt = self.sampler(
+            state, anchor_gt, [t["masks"] for t in targets], self.mask.mask_size, generator
+        )  # Q queries, (Q, 2K, 2K)
+        logits = self.mask(state.poi_features, queries)  # (Q, 2K, 2K)
         losses["loss_mask"] = self.mask_weight * mask_loss(logits, mask_gt, self.edge_weight)
         return losses
 
@@ -131,9 +95,7 @@ class PointINS(nn.Module):
         """Detections (and, with a mask module, ``2K×2K`` mask probabilities) per image,
         in input-image coordinates."""
         outputs = self.detector(self.features(images))
-        feature_sizes = [tuple(p.shape[-2:]) for p in outputs.poi_features]
-        anchors = self.detector.anchors(feature_sizes, images.device)
-        detections = self.detector.inference(outputs, anchors, feature_sizes, image_sizes)
+        detections = self.detector.inference(outputs, image_sizes)
         if self.mask is not None:
             queries = queries_from_detections(detections, self.detector.strides)
             probs = self.mask(outputs.poi_features, queries).sigmoid()  # (N, 2K, 2K)
@@ -187,9 +149,39 @@ def queries_from_detections(
 
 
 def p6_input(neck: Mapping, detector: Mapping) -> str:
-    """The FPN's P6 input: ``neck.p6_from`` if set, else the detector's own (RetinaNet: C5,
-    FCOS: P5, as in the original detectors)."""
-    return neck.get("p6_from") or get_class(detector["_target_"]).p6_from
+    """The FPN's P6 input: ``neck.p6_from`` if set, else the detector's own
+    (``detector.p6_from``: RetinaNet C5, FCOS and ATSS P5, as in the original detectors)."""
+    return neck.get("p6_from") or detector.get("p6_from", "p5")
+
+
+#: the parts of a ``conf/detector`` group, each a ``_target_``
+DETECTOR_PARTS = ("head", "anchor_generator", "box_coder", "assigner", "loss", "postprocess")
+
+
+def build_detector(
+    detector: Mapping, in_channels: int, num_classes: int, strides: Sequence[int]
+) -> DenseDetector:
+    """Instantiate a ``conf/detector`` group part by part, giving each part what it derives
+    from the FPN: the anchor generator its strides, the head its input width, the classes
+    and the anchors per location."""
+    missing = [k for k in DETECTOR_PARTS if k not in detector]
+    if missing:
+        raise ValueError(
+            f"model.detector lacks {missing}: a detector config names its parts "
+            f"{list(DETECTOR_PARTS)}, each with a _target_ (see conf/detector/fcos.yaml). A "
+            "checkpoint whose hyper-parameters hold a flat detector config (num_convs, "
+            "score_thresh, ... at the top level) cannot be rebuilt by this version."
+        )
+    anchor_generator = instantiate(detector["anchor_generator"], strides=list(strides))
+    head = instantiate(
+        detector["head"],
+        in_channels=in_channels,
+        num_classes=num_classes,
+        num_anchors=anchor_generator.num_anchors,
+        num_levels=len(strides),
+    )
+    parts = {k: v for k, v in detector.items() if k not in ("head", "anchor_generator")}
+    return instantiate(parts, head=head, anchor_generator=anchor_generator, _convert_="all")
 
 
 def build_model(
@@ -200,8 +192,14 @@ def build_model(
     num_classes: int,
     det_weight: float = 1.0,
 ) -> PointINS:
-    """Instantiate backbone → FPN → detector → mask module, wiring the widths and strides
-    each part derives from the previous one (nothing is typed twice in the configs)."""
+    """Instantiate backbone → FPN → detector → mask module from their config groups, wiring
+    the widths and strides each part derives from the previous one (nothing is typed twice
+    in the configs).
+
+    ``mask`` holds :class:`InstanceAwareMask`'s arguments plus three keys the network
+    itself keeps: ``sampling`` (the :class:`QuerySampler`'s), ``loss_weight`` (λ_mask) and
+    ``edge_weight``. The mappings are not modified.
+    """
     backbone_m = instantiate(backbone)
     neck_m = instantiate(
         neck,
@@ -209,21 +207,22 @@ def build_model(
         in_strides=backbone_m.strides,
         p6_from=p6_input(neck, detector),
     )
-    detector_m = instantiate(
-        detector,
-        in_channels=neck_m.out_channels,
-        num_classes=num_classes,
-        strides=neck_m.strides,
-    )
+    detector_m = build_detector(detector, neck_m.out_channels, num_classes, neck_m.strides)
     if mask is None:
         return PointINS(backbone_m, neck_m, detector_m, det_weight=det_weight)
-    mask = dict(mask)
-    sampling = MaskSampling(**mask.pop("sampling", {}))
-    mask_weight = mask.pop("loss_weight", 2.0)
-    edge_weight = mask.pop("edge_weight", 4.0)
+    network_keys = ("sampling", "loss_weight", "edge_weight")
     mask_m = instantiate(
-        mask, in_channels=detector_m.head.out_channels, anchor_shape=detector_m.anchor_shape
+        {k: v for k, v in mask.items() if k not in network_keys},
+        in_channels=detector_m.head.out_channels,
+        anchor_shape=detector_m.anchor_shape,
     )
     return PointINS(
-        backbone_m, neck_m, detector_m, mask_m, sampling, det_weight, mask_weight, edge_weight
+        backbone_m,
+        neck_m,
+        detector_m,
+        mask_m,
+        QuerySampler(**mask.get("sampling", {})),
+        det_weight,
+        mask.get("loss_weight", 2.0),
+        mask.get("edge_weight", 4.0),
     )

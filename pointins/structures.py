@@ -51,6 +51,11 @@ class _TensorFields:
         return 0
 
 
+def cat_levels(per_level: list[Tensor]) -> Tensor:
+    """Concatenate per-level ``(B, HWA_l, ...)`` tensors along the anchor axis."""
+    return torch.cat(list(per_level), dim=1)
+
+
 @dataclass
 class DenseOutputs:
     """What a dense head predicts for a batch, one list entry per FPN level.
@@ -61,8 +66,27 @@ class DenseOutputs:
 
     cls_logits: list[Tensor]  # per level (B, HWA_l, C)
     box_regression: list[Tensor]  # per level (B, HWA_l, 4)
-    centerness: list[Tensor] | None  # per level (B, HW_l) logits; FCOS only
+    centerness: list[Tensor] | None  # per level (B, HWA_l) logits; heads with centre-ness only
     poi_features: list[Tensor]  # per level (B, F, H_l, W_l): last map of the regression tower
+
+
+@dataclass
+class DetectorState:
+    """What a dense detector's training pass knows that the mask sampler needs.
+
+    ``N`` anchors of all levels concatenated, ``G`` ground-truth boxes per image (padded).
+    """
+
+    poi_features: list[Tensor]  # per level (B, F, H_l, W_l): last map of the regression tower
+    feature_sizes: list[tuple[int, int]]  # per level (H_l, W_l)
+    strides: list[int]  # per level, pixels
+    num_anchors: int  # A, anchors per location
+    anchors: Tensor  # (N, 4)
+    level_ids: Tensor  # (N,) long
+    matched_idxs: Tensor  # (B, N) long, the assigner's output
+    gt_boxes: Tensor  # (B, G, 4) padded ground truth
+    gt_valid: Tensor  # (B, G) bool, False where padded
+    pred_boxes: Tensor  # (B, N, 4) decoded regressed boxes, detached
 
 
 @dataclass

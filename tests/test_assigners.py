@@ -1,4 +1,5 @@
-"""Assigners: IoU (RetinaNet) and FCOS labelling, padding and gathering helpers."""
+"""Assigners: IoU (RetinaNet), FCOS and ATSS labelling, the mask anchor conditions, padding
+and gathering helpers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou
 
 from pointins.detectors.anchors import AnchorGenerator, PointGenerator
-from pointins.detectors.assigners import FCOSAssigner, IoUAssigner, gather_assigned, pad_targets
+from pointins.detectors.assigners import (
+    ATSSAssigner,
+    FCOSAssigner,
+    IoUAssigner,
+    anchor_condition_from_matches,
+    anchor_condition_iou,
+    gather_assigned,
+    pad_targets,
+)
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -101,7 +110,7 @@ def _assign(boxes: list[list[float]]) -> torch.Tensor:
     anchors, level_ids = _fcos_inputs()
     gt = torch.tensor([boxes])  # (1, G, 4)
     valid = torch.ones(1, len(boxes), dtype=torch.bool)
-    return FCOSAssigner()(anchors, level_ids, gt, valid)[0]
+    return FCOSAssigner()(anchors, gt, valid, level_ids)[0]
 
 
 def test_fcos_centre_sampling() -> None:
@@ -140,9 +149,9 @@ def test_fcos_padding_and_empty() -> None:
     anchors, level_ids = _fcos_inputs()
     gt = torch.tensor([[[16.0, 16.0, 64.0, 64.0]], [[16.0, 16.0, 64.0, 64.0]]])  # (2, 1, 4)
     valid = torch.tensor([[True], [False]])
-    matched = FCOSAssigner()(anchors, level_ids, gt, valid)
+    matched = FCOSAssigner()(anchors, gt, valid, level_ids)
     assert (matched[0] >= 0).sum() == 4 and torch.all(matched[1] == -1)
-    empty = FCOSAssigner()(anchors, level_ids, torch.zeros(2, 0, 4), torch.zeros(2, 0).bool())
+    empty = FCOSAssigner()(anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0).bool(), level_ids)
     assert empty.shape == (2, anchors.shape[0]) and torch.all(empty == -1)
 
 
@@ -181,7 +190,7 @@ def test_fcos_matches_slow_reference() -> None:
         wh = torch.rand(g, 2, generator=rng) * 60 + 2
         targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.zeros(g)})
     gt_boxes, _, gt_valid = pad_targets(targets)
-    matched = FCOSAssigner(1.5, ranges)(anchors, level_ids, gt_boxes, gt_valid)
+    matched = FCOSAssigner(1.5, ranges)(anchors, gt_boxes, gt_valid, level_ids)
     for i, target in enumerate(targets):
         expected = _fcos_reference(anchors, level_ids, target["boxes"], ranges)
         assert matched[i].tolist() == expected
@@ -217,3 +226,164 @@ def test_gather_without_any_gt() -> None:
     matched = torch.full((2, 5), -1)
     assignment = gather_assigned(matched, gt_boxes, gt_labels)
     assert assignment.gt_boxes.shape == (2, 5, 4) and assignment.gt_labels.shape == (2, 5)
+
+
+# --- anchor conditions of mask sampling -----------------------------------------------------
+
+
+def _random_scene(num_gt: int = 5, image: int = 128, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = [(image // s, image // s) for s in STRIDES[:3]]
+    anchors = torch.cat(AnchorGenerator(STRIDES[:3])(sizes, "cpu"))  # (N, 4)
+    xy = torch.rand(2, num_gt, 2, generator=g) * image * 0.6
+    wh = 16 + torch.rand(2, num_gt, 2, generator=g) * image * 0.4
+    gt_boxes = torch.cat([xy, xy + wh], dim=-1)  # (B, G, 4)
+    return anchors, gt_boxes, torch.ones(2, num_gt, dtype=torch.bool)
+
+
+def test_anchor_condition_iou_matches_brute_force() -> None:
+    anchors, gt_boxes, gt_valid = _random_scene()
+    gt_valid[1, 3:] = False  # padded GTs must never be chosen
+    for thresh in (0.4, 0.5, 0.6):
+        anchor_gt = anchor_condition_iou(anchors, gt_boxes, gt_valid, thresh)
+        for b in range(2):
+            valid = gt_valid[b].nonzero()[:, 0]
+            iou = box_iou(anchors, gt_boxes[b, valid])  # (N, G_b)
+            best, arg = iou.max(dim=1)
+            expected = torch.where(best > thresh, valid[arg], torch.full_like(arg, -1))
+            assert torch.equal(anchor_gt[b], expected)
+        assert (anchor_gt >= 0).any()
+    assert not (anchor_condition_iou(anchors, gt_boxes, gt_valid)[1] >= 3).any()
+
+
+def test_anchor_condition_from_matches() -> None:
+    matched = torch.tensor([[0, -1, -2, 3], [2, -2, -1, 1]])
+    assert torch.equal(
+        anchor_condition_from_matches(matched), torch.tensor([[0, -1, -1, 3], [2, -1, -1, 1]])
+    )
+
+
+def test_each_assigner_states_its_mask_anchor_condition() -> None:
+    """RetinaNet's condition is IoU > t_a whatever the training match; FCOS's and ATSS's
+    are their own positives, whatever t_a."""
+    anchors, gt_boxes, gt_valid = _random_scene()
+    matched = torch.randint(
+        -2, 5, (2, anchors.shape[0]), generator=torch.Generator().manual_seed(1)
+    )
+    by_iou = IoUAssigner().mask_anchor_condition(anchors, matched, gt_boxes, gt_valid, 0.6)
+    assert torch.equal(by_iou, anchor_condition_iou(anchors, gt_boxes, gt_valid, 0.6))
+    for assigner in (FCOSAssigner(), ATSSAssigner()):
+        for t_a in (0.1, 0.9):
+            cond = assigner.mask_anchor_condition(anchors, matched, gt_boxes, gt_valid, t_a)
+            assert torch.equal(cond, anchor_condition_from_matches(matched))
+
+
+# --- ATSS assigner ---------------------------------------------------------------------------
+
+# two levels by hand: squares of side 16 (level 0) and 32 (level 1)
+ATSS_ANCHORS = torch.tensor(
+    [
+        [0.0, 0.0, 16.0, 16.0],  # l0, centre (8, 8):   IoU 0.64 with GT [0, 0, 20, 20]
+        [8.0, 8.0, 24.0, 24.0],  # l0, centre (16, 16): IoU 0.28125
+        [24.0, 24.0, 40.0, 40.0],  # l0, centre (32, 32): IoU 0, farthest on l0
+        [-6.0, -6.0, 26.0, 26.0],  # l1, centre (10, 10): IoU 0.390625
+        [16.0, -6.0, 48.0, 26.0],  # l1, centre (32, 10): IoU 80 / 1344
+        [16.0, 16.0, 48.0, 48.0],  # l1, centre (32, 32): IoU 16 / 1408, farthest on l1
+    ]
+)
+ATSS_LEVELS = torch.tensor([0, 0, 0, 1, 1, 1])
+
+
+def test_atss_hand_computed_threshold() -> None:
+    """topk = 2 per level: candidates are anchors 0, 1 (level 0) and 3, 4 (level 1), with
+    IoUs 0.64, 0.28125, 0.390625 and 0.0595; mean 0.3428 + std 0.2413 = 0.5841, so only
+    anchor 0 is positive. With topk = 3 the far anchors (IoU 0 and 0.0114) join the
+    candidates, the threshold drops to 0.2305 + 0.2555 = 0.4859: still anchor 0 only."""
+    gt = torch.tensor([[[0.0, 0.0, 20.0, 20.0]]])
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    matched = ATSSAssigner(topk=2)(ATSS_ANCHORS, gt, valid, ATSS_LEVELS)
+    assert matched.tolist() == [[0, -1, -1, -1, -1, -1]]
+    assert ATSSAssigner(topk=3)(ATSS_ANCHORS, gt, valid, ATSS_LEVELS).tolist() == [
+        [0, -1, -1, -1, -1, -1]
+    ]
+    # one candidate per level whose IoUs differ widely: mean + std exceeds them both
+    small = torch.tensor([[[0.0, 0.0, 15.0, 15.0]]])
+    matched = ATSSAssigner(topk=1)(ATSS_ANCHORS, small, valid, ATSS_LEVELS)
+    # candidates: anchor 0 (IoU 225/256 = 0.879) and anchor 3 (IoU 225/1024 = 0.220);
+    # threshold 0.549 + 0.466 = 1.016 > both: nothing is positive
+    assert matched.tolist() == [[-1] * 6]
+
+
+def test_atss_centre_inside_and_best_iou_tie_break() -> None:
+    """Two GTs claim anchor 3 (the centre (10, 10) lies in both); it takes the GT of higher
+    IoU. A padded GT never matches; an image without GT is background."""
+    gt = torch.tensor(
+        [
+            [[0.0, 0.0, 20.0, 20.0], [-6.0, -6.0, 26.0, 26.0], [0.0, 0.0, 16.0, 16.0]],
+            [[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    matched = ATSSAssigner(topk=9)(ATSS_ANCHORS, gt, valid, ATSS_LEVELS)
+    assert matched[0, 3] == 1  # IoU 1.0 with GT 1 against 0.39 with GT 0
+    assert matched[0, 0] in (0, 1) and (matched[0] != 2).all()  # the padded GT 2 never wins
+    assert matched[1].tolist() == [-1] * 6
+    empty = ATSSAssigner()(
+        ATSS_ANCHORS, torch.zeros(2, 0, 4), torch.zeros(2, 0).bool(), ATSS_LEVELS
+    )
+    assert empty.shape == (2, 6) and (empty == -1).all()
+
+
+def _atss_reference(anchors, level_ids, gt_boxes, gt_valid, topk):
+    """ATSS one image and one GT at a time, as written in the paper's Algorithm 1."""
+    batch = gt_boxes.shape[0]
+    matched = torch.full((batch, anchors.shape[0]), -1)
+    best = torch.full((batch, anchors.shape[0]), -1.0)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    for b in range(batch):
+        for g in range(gt_boxes.shape[1]):
+            if not gt_valid[b, g]:
+                continue
+            box = gt_boxes[b, g]
+            iou = box_iou(box[None], anchors)[0]  # (N,)
+            dist = (centres - (box[:2] + box[2:]) / 2).norm(dim=1)  # (N,)
+            candidates = []
+            for level in level_ids.unique().tolist():
+                idx = (level_ids == level).nonzero()[:, 0]
+                candidates += idx[dist[idx].argsort()[:topk]].tolist()
+            thresh = iou[candidates].mean() + iou[candidates].std()
+            for c in candidates:
+                x, y = centres[c].tolist()
+                inside = min(x - box[0], y - box[1], box[2] - x, box[3] - y) > 0.01
+                if iou[c] >= thresh and inside and iou[c] > best[b, c]:
+                    best[b, c], matched[b, c] = iou[c], g
+    return matched
+
+
+def test_atss_matches_per_gt_reference() -> None:
+    gen = torch.Generator().manual_seed(3)
+    sizes = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # a 128 x 128 image
+    anchor_gen = AnchorGenerator(
+        STRIDES, octave_base_scale=8, scales_per_octave=1, aspect_ratios=[1.0]
+    )
+    anchors = torch.cat(anchor_gen(sizes, "cpu"))  # (N, 4)
+    level_ids = anchor_gen.level_ids(sizes)
+    xy = torch.rand(3, 6, 2, generator=gen) * 90
+    wh = 6 + torch.rand(3, 6, 2, generator=gen) * 60
+    gt_boxes = torch.cat([xy, xy + wh], dim=-1)  # (B, G, 4)
+    gt_valid = torch.tensor([[True] * 6, [True] * 3 + [False] * 3, [True] + [False] * 5])
+    for topk in (1, 3, 9):
+        matched = ATSSAssigner(topk)(anchors, gt_boxes, gt_valid, level_ids)
+        assert torch.equal(matched, _atss_reference(anchors, level_ids, gt_boxes, gt_valid, topk))
+    assert (matched >= 0).sum() >= 6
+
+
+def test_atss_candidate_above_threshold_needs_its_centre_inside() -> None:
+    """Nine candidates on one level: IoUs 0.281 (centre inside), 0.316 (centre left of the
+    GT) and seven zeros; threshold 0.066 + 0.132 = 0.198. Both pass it; only the anchor
+    whose centre lies inside the GT is positive."""
+    far = [[100.0 + 16 * i, 100.0, 116.0 + 16 * i, 116.0] for i in range(7)]
+    anchors = torch.tensor([[8.0, 8.0, 24.0, 24.0], [-10.4, 0.0, 9.6, 20.0], *far])
+    gt = torch.tensor([[[0.0, 0.0, 20.0, 20.0]]])
+    matched = ATSSAssigner(topk=9)(anchors, gt, torch.ones(1, 1).bool(), torch.zeros(9).long())
+    assert matched.tolist() == [[0] + [-1] * 8]

@@ -20,7 +20,7 @@ def test_defaults_are_the_paper_baseline(compose_cfg):
     b = cfg.model.backbone
     assert b.name == "resnet50.tv_in1k" and b.pretrained and b.checkpoint_path is None
     assert b.norm == "frozen_bn" and b.frozen_stages == 1
-    assert cfg.model.detector._target_ == "pointins.detectors.RetinaNet"
+    assert cfg.model.detector.assigner._target_.endswith("IoUAssigner")
     assert cfg.model.neck.out_channels == 256
     m = cfg.model.mask
     assert (m.K, m.E, m.kernel_size, m.mask_dim, m.fusion) == (16, 9, 3, 256, "conv1x1")
@@ -75,8 +75,8 @@ def test_cityscapes_recipe_is_the_papers_in_epochs(compose_cfg):
 
 def test_detector_and_backbone_swap(compose_cfg):
     cfg = compose_cfg(["detector=fcos", "backbone=r101"])
-    assert cfg.model.detector._target_ == "pointins.detectors.FCOS"
-    assert cfg.model.detector.nms_thresh == 0.6
+    assert cfg.model.detector.assigner._target_.endswith("FCOSAssigner")
+    assert cfg.model.detector.postprocess.nms_thresh == 0.6
     assert cfg.model.backbone.name == "resnet101.tv_in1k"
 
 
@@ -135,8 +135,8 @@ def test_the_demo_is_pointins_fcos_and_each_pair_gets_its_budgets_epochs(compose
         compose_cfg(["experiment=shapes", "mask=none", f"detector={d}"])
         for d in ("fcos", "retinanet")
     ]
-    assert fcos.model.detector._target_ == "pointins.detectors.FCOS"
-    assert retina.model.detector._target_ == "pointins.detectors.RetinaNet"
+    assert fcos.model.detector.assigner._target_.endswith("FCOSAssigner")
+    assert retina.model.detector.assigner._target_.endswith("IoUAssigner")
     assert retina.model.mask == fcos.model.mask and retina.data == fcos.data
     assert fcos.optim.max_epochs == 9
     assert [cfg.optim.max_epochs for cfg in (retina, *plain)] == [7, 7, 7]
@@ -159,8 +159,8 @@ def test_every_ablation_is_retinanet_based_unless_asked(compose_cfg, ablation):
     """§4.1.1: the ablations are RetinaNet-based, also on top of the FCOS demo."""
     pinned = compose_cfg(["experiment=shapes", f"ablation={ablation}"])
     asked = compose_cfg(["experiment=shapes", f"ablation={ablation}", "detector=fcos"])
-    assert pinned.model.detector._target_.endswith("RetinaNet")
-    assert asked.model.detector._target_.endswith("FCOS")
+    assert pinned.model.detector.assigner._target_.endswith("IoUAssigner")
+    assert asked.model.detector.assigner._target_.endswith("FCOSAssigner")
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_template_side_follows_the_papers_rule(compose_cfg, overrides):
     demo), and E = k_t², so the template is as large as the patch it is computed from."""
     cfg = compose_cfg(overrides)
     mask, detector = cfg.model.mask, cfg.model.detector
-    assert detector.conv_dim == mask.K**2
+    assert detector.head.conv_dim == mask.K**2
     assert mask.kernel_size**2 == mask.E
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = [o for o in TINY if o.split("=")[0].split(".")[0] in ("experiment", "data")]
 # one image per evaluation batch: a batch pads its images to a common size, which moves
 # the predictions slightly, so both sides batch alike; score threshold 0: many predictions
-SAME_EVAL = ["data.val_batch_size=1", "model.detector.score_thresh=0.0"]
+SAME_EVAL = ["data.val_batch_size=1", "model.detector.postprocess.score_thresh=0.0"]
 
 
 def _python(args: list[str], env_extra: dict[str, str], timeout: int) -> None:

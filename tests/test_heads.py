@@ -1,4 +1,5 @@
-"""Dense heads: anchor-fastest flattening, prior bias, FCOS non-negative distances, PoI."""
+"""The dense head: anchor-fastest flattening, prior bias, FCOS non-negative distances,
+per-anchor centre-ness, PoI features."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ import math
 import pytest
 import torch
 
-from pointins.detectors.heads import FCOSHead, RetinaNetHead, num_groups
+from pointins.detectors.heads import DenseHead, num_groups
+
+
+def RetinaNetHead(in_channels, num_classes, num_anchors, num_convs=4, conv_dim=256, **kw):
+    """The head as conf/detector/retinanet.yaml builds it (two levels)."""
+    return DenseHead(in_channels, num_classes, num_anchors, 2, num_convs, conv_dim, **kw)
+
+
+def FCOSHead(in_channels, num_classes, num_levels, num_convs=4, conv_dim=256, **kw):
+    """The head as conf/detector/fcos.yaml builds it."""
+    return DenseHead(
+        in_channels, num_classes, 1, num_levels, num_convs, conv_dim, group_norm=True,
+        centerness=True, scale_per_level=True, nonnegative_regression=True, **kw,
+    )  # fmt: skip
 
 
 def _features():
@@ -55,6 +69,23 @@ def test_fcos_outputs_shapes_gn_and_non_negative_distances():
     assert out.box_regression[0].shape == (2, 30, 4) and (out.box_regression[0] >= 0).all()
     assert [c.shape for c in out.centerness] == [(2, 30), (2, 9)]
     assert len(head.scales) == 2
+
+
+def test_atss_head_centerness_per_anchor_and_signed_deltas():
+    """As conf/detector/atss.yaml with several anchors: one centre-ness per anchor, in the
+    anchor-fastest order of the logits, and deltas that may be negative."""
+    head = DenseHead(
+        32, 3, num_anchors=2, num_levels=2, num_convs=1, conv_dim=32, group_norm=True,
+        centerness=True, scale_per_level=True,
+    )  # fmt: skip
+    torch.nn.init.normal_(head.box_regression.weight, std=1.0)
+    feats = _features()
+    out = head(feats)
+    assert [c.shape for c in out.centerness] == [(2, 30 * 2), (2, 9 * 2)]
+    raw = head.centerness(head.reg_tower(feats[0]))  # (B, A, H, W)
+    b, y, x, a = 1, 4, 2, 1
+    assert torch.equal(out.centerness[0][b, (y * 5 + x) * 2 + a], raw[b, a, y, x])
+    assert (out.box_regression[0] < 0).any()
 
 
 def test_group_norm_groups_keep_two_channels_each():

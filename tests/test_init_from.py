@@ -17,8 +17,8 @@ from pointins.lit_module import PointINSModule
 SMALL = [
     "experiment=shapes",
     "model.neck.out_channels=32",
-    "model.detector.conv_dim=64",
-    "model.detector.num_convs=1",
+    "model.detector.head.conv_dim=64",
+    "model.detector.head.num_convs=1",
     "model.mask.K=8",
     "model.mask.mask_dim=16",
     "model.mask.head_convs=1",

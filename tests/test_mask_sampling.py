@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import roi_align
 
 from pointins.detectors.anchors import AnchorGenerator, PointGenerator
+from pointins.detectors.assigners import anchor_condition_iou
 from pointins.mask.sampling import (
     ANCHOR_BOX,
     GT_BOX,
     REGRESSED_BOX,
-    anchor_condition_from_matches,
-    anchor_condition_iou,
     draw_box_types,
     mask_targets,
     paired_box_iou,
@@ -72,29 +71,6 @@ def _pred_near_gt(s, anchor_gt, shift: float = 1.5):
     idx = anchor_gt.clamp(min=0)  # (B, N)
     gt = torch.gather(s["gt_boxes"], 1, idx[..., None].expand(*idx.shape, 4))  # (B, N, 4)
     return gt + shift
-
-
-# ---------------------------------------------------------------------- anchor conditions
-def test_anchor_condition_iou_matches_brute_force() -> None:
-    s = _setup(num_gt=5)
-    s["gt_valid"][1, 3:] = False  # padded GTs must never be chosen
-    for thresh in (0.4, 0.5, 0.6):
-        anchor_gt = anchor_condition_iou(s["anchors"], s["gt_boxes"], s["gt_valid"], thresh)
-        for b in range(2):
-            valid = s["gt_valid"][b].nonzero()[:, 0]
-            iou = box_iou(s["anchors"], s["gt_boxes"][b, valid])  # (N, G_b)
-            best, arg = iou.max(dim=1)
-            expected = torch.where(best > thresh, valid[arg], torch.full_like(arg, -1))
-            assert torch.equal(anchor_gt[b], expected)
-        assert (anchor_gt >= 0).any()
-    assert not (anchor_condition_iou(s["anchors"], s["gt_boxes"], s["gt_valid"])[1] >= 3).any()
-
-
-def test_anchor_condition_from_matches() -> None:
-    matched = torch.tensor([[0, -1, -2, 3], [2, -2, -1, 1]])
-    assert torch.equal(
-        anchor_condition_from_matches(matched), torch.tensor([[0, -1, -1, 3], [2, -1, -1, 1]])
-    )
 
 
 # ------------------------------------------------------------------------ thresholds

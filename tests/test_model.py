@@ -18,12 +18,12 @@ def _tiny(compose_cfg, detector: str):
             "experiment=shapes",
             f"detector={detector}",
             "model.neck.out_channels=32",
-            "model.detector.conv_dim=32",
-            "model.detector.num_convs=1",
+            "model.detector.head.conv_dim=32",
+            "model.detector.head.num_convs=1",
             "model.mask.K=8",
             "model.mask.mask_dim=16",
             "model.mask.head_convs=1",
-            "model.detector.score_thresh=0.0",
+            "model.detector.postprocess.score_thresh=0.0",
         ]
     )
     parts = OmegaConf.to_container(cfg.model, resolve=True)

@@ -51,16 +51,23 @@ def _fcos_inputs(seed: int = 1):
     )
 
 
+def _atss_inputs(seed: int = 2):
+    """Several anchors per location, each with its own centre-ness: scores pair them up."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _retinanet_inputs(seed)
+    inputs["centerness"] = [torch.randn(2, h * w * 9, generator=gen) * 3 for h, w in SIZES]
+    return inputs
+
+
 def _reference(inputs, score_thresh, topk, nms_thresh, per_img):
     """torchvision's RetinaNet/FCOS post-processing, one image and one level at a time."""
     results = []
-    num_anchors = inputs["num_anchors"]
     for i, image_size in enumerate(inputs["image_sizes"]):
         boxes_all, scores_all, labels_all = [], [], []
         for level in range(len(inputs["feature_sizes"])):
             scores = torch.sigmoid(inputs["cls_logits"][level][i])  # (HWA, C)
             if inputs["centerness"] is not None:
-                ctr = torch.sigmoid(inputs["centerness"][level][i]).repeat_interleave(num_anchors)
+                ctr = torch.sigmoid(inputs["centerness"][level][i])  # (HWA,)
                 scores = torch.sqrt(scores * ctr[:, None])
             scores = scores.flatten()
             keep = scores > score_thresh
@@ -82,7 +89,7 @@ def _reference(inputs, score_thresh, topk, nms_thresh, per_img):
     return results
 
 
-@pytest.mark.parametrize("make_inputs", [_retinanet_inputs, _fcos_inputs])
+@pytest.mark.parametrize("make_inputs", [_retinanet_inputs, _fcos_inputs, _atss_inputs])
 @pytest.mark.parametrize(("topk", "nms_thresh", "per_img"), [(1000, 0.5, 100), (50, 0.6, 10)])
 def test_matches_per_image_reference(make_inputs, topk, nms_thresh, per_img) -> None:
     inputs = make_inputs()
@@ -98,7 +105,7 @@ def test_matches_per_image_reference(make_inputs, topk, nms_thresh, per_img) -> 
     assert len(dets[0]) == per_img  # the cap is exercised
 
 
-@pytest.mark.parametrize("make_inputs", [_retinanet_inputs, _fcos_inputs])
+@pytest.mark.parametrize("make_inputs", [_retinanet_inputs, _fcos_inputs, _atss_inputs])
 def test_properties_and_provenance(make_inputs) -> None:
     inputs = make_inputs()
     nms_thresh = 0.5
@@ -121,7 +128,7 @@ def test_properties_and_provenance(make_inputs) -> None:
             flat = (y * width + x) * num_anchors + a
             score = torch.sigmoid(inputs["cls_logits"][level][i, flat, det.labels[n]])
             if inputs["centerness"] is not None:
-                ctr = torch.sigmoid(inputs["centerness"][level][i, y * width + x])
+                ctr = torch.sigmoid(inputs["centerness"][level][i, flat])  # its own anchor's
                 score = torch.sqrt(score * ctr)
             torch.testing.assert_close(det.scores[n], score)
             assert torch.equal(det.anchors[n], inputs["anchors"][level][flat])
@@ -140,10 +147,14 @@ def test_no_detection_above_threshold() -> None:
     assert dets[0].boxes.shape == (0, 4) and dets[0].yx.shape == (0, 2)
 
 
-def test_per_anchor_centerness_accepted() -> None:
-    """Centre-ness given per anchor (B, HWA) gives the same result as per location."""
-    inputs = _fcos_inputs()
-    per_location = postprocess_detections(**inputs)
-    inputs["centerness"] = [c.reshape(2, -1) for c in inputs["centerness"]]
-    per_anchor = postprocess_detections(**inputs)
-    torch.testing.assert_close(per_location[1].scores, per_anchor[1].scores)
+def test_each_anchor_scored_with_its_own_centerness() -> None:
+    """With several anchors per location, raising one anchor's centre-ness raises the
+    scores of that anchor only, not of its location's other anchors."""
+    inputs = _atss_inputs()
+    inputs["cls_logits"] = [torch.zeros_like(c) for c in inputs["cls_logits"]]  # all 0.5
+    inputs["centerness"] = [torch.full_like(c, -8.0) for c in inputs["centerness"]]
+    inputs["centerness"][0][:, 4 * 9 + 5] = 8.0  # location 4 of P3, anchor 5 only
+    det = postprocess_detections(**inputs, score_thresh=0.2)[0]
+    assert len(det) > 0
+    assert det.level.eq(0).all() and det.anchor_idx.eq(5).all()
+    assert det.yx.tolist() == [[0, 4]] * len(det)

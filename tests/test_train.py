@@ -28,8 +28,8 @@ TINY = [
     "data.val_batch_size=2",
     "data.num_workers=0",
     "model.neck.out_channels=32",
-    "model.detector.conv_dim=32",
-    "model.detector.num_convs=1",
+    "model.detector.head.conv_dim=32",
+    "model.detector.head.num_convs=1",
     "model.mask.K=8",
     "model.mask.mask_dim=16",
     "model.mask.head_convs=1",
@@ -83,7 +83,7 @@ def test_run_stopped_between_evaluations_scores_its_final_weights(run):
 
 def test_eval_reproduces_the_final_validation(run, compose_cfg, tmp_path):
     # score threshold 0: even a barely trained model then predicts, so there is a lot to compare
-    _, metrics, out = run("trained", ["model.detector.score_thresh=0.0"])
+    _, metrics, out = run("trained", ["model.detector.postprocess.score_thresh=0.0"])
     assert json.loads((out / "segm.json").read_text()), "no predictions to compare"
     cfg = compose_cfg(
         [
@@ -128,7 +128,7 @@ def test_nan_loss_stops_with_step_and_terms(run):
 
 
 def test_predict_folder_writes_pictures_and_coco_results(run, compose_cfg, tmp_path, caplog):
-    _, _, out = run("trained", ["model.detector.score_thresh=0.0"])
+    _, _, out = run("trained", ["model.detector.postprocess.score_thresh=0.0"])
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     val_images = sorted((tmp_path / "data" / "shapes" / "images" / "val").iterdir())

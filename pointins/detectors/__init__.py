@@ -1,3 +1,4 @@
-from pointins.detectors.dense_detector import FCOS, DenseDetector, RetinaNet
+from pointins.detectors.dense_detector import DenseDetector
+from pointins.detectors.heads import DenseHead
 
-__all__ = ["DenseDetector", "FCOS", "RetinaNet"]
+__all__ = ["DenseDetector", "DenseHead"]

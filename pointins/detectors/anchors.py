@@ -126,7 +126,7 @@ class _GridAnchorGenerator:
 
 
 class AnchorGenerator(_GridAnchorGenerator):
-    """RetinaNet anchors.
+    """RetinaNet (and ATSS) anchors.
 
     At a level of stride ``s`` the anchor sizes are
     ``octave_base_scale * s * 2 ** (i / scales_per_octave)``, ``i = 0..scales_per_octave-1``,
@@ -134,6 +134,9 @@ class AnchorGenerator(_GridAnchorGenerator):
     ``w = size / sqrt(r)``, ``h = size * sqrt(r)``. Order within a location:
     scale-major, ratio-minor, ``a = scale_i * len(aspect_ratios) + ratio_i``.
     """
+
+    #: the anchors have a shape: the mask module's Iz reads their size and aspect ratio
+    anchor_shape = True
 
     def __init__(
         self,
@@ -172,6 +175,9 @@ class AnchorGenerator(_GridAnchorGenerator):
 
 class PointGenerator(_GridAnchorGenerator):
     """FCOS locations, ``A = 1``: each "anchor" is the ``s x s`` cell centred on its location."""
+
+    #: bare locations: the mask module's Iz uses the stride only
+    anchor_shape = False
 
     def cell_anchors(self, level: int) -> Tensor:
         """``(1, 4)`` the ``stride x stride`` cell centred on (0, 0)."""

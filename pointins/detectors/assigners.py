@@ -7,6 +7,11 @@ once, with the ground truth padded to ``(B, G_max)`` by :func:`pad_targets`:
 ``-1`` background, ``-2`` ignored (between thresholds; IoU assigner only).
 
 ``N`` is the number of anchors of all levels concatenated (see ``anchors.py``).
+
+Every assigner also decides which anchors qualify for PointINS's mask sampling (the
+*anchor condition* of §3.3, SPEC §4): :meth:`mask_anchor_condition` returns ``(B, N)``
+long, the GT an anchor qualifies for, or ``-1``. It lives here because it is a
+statement about anchors and ground truth, made with the assigner's own rule.
 """
 
 from __future__ import annotations
@@ -74,6 +79,44 @@ def gather_assigned(matched_idxs: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -
     return Assignment(matched_idxs=matched_idxs, gt_boxes=boxes, gt_labels=labels)
 
 
+def anchor_condition_iou(
+    anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, thresh: float = 0.5
+) -> Tensor:
+    """Anchor condition by IoU: the anchor's best GT, if ``IoU(anchor, best GT) > thresh``.
+
+    Args:
+        anchors: ``(N, 4)`` anchors of all levels, xyxy.
+        gt_boxes: ``(B, G, 4)`` padded GT boxes.
+        gt_valid: ``(B, G)`` bool, False where padded.
+        thresh: ``t_a`` (strict inequality, paper §3.3).
+
+    Returns:
+        ``anchor_gt`` ``(B, N)`` long: GT index within the image, ``-1`` where no GT qualifies.
+    """
+    batch, num_gt = gt_valid.shape
+    num = anchors.shape[0]
+    if num_gt == 0:
+        return torch.full((batch, num), -1, dtype=torch.long, device=anchors.device)
+    iou = box_iou(gt_boxes.reshape(-1, 4).to(anchors.dtype), anchors)  # (B * G, N)
+    iou = iou.reshape(batch, num_gt, num)  # (B, G, N)
+    iou.masked_fill_(~gt_valid[..., None], -1.0)  # padded GTs never win
+    best_iou, best_gt = iou.max(dim=1)  # (B, N), (B, N)
+    return torch.where(best_iou > thresh, best_gt, torch.full_like(best_gt, -1))
+
+
+def anchor_condition_from_matches(matched_idxs: Tensor) -> Tensor:
+    """Anchor condition by assignment: the location is a positive for the GT it matched.
+
+    Args:
+        matched_idxs: ``(B, N)`` long, torchvision's matcher contract
+            (``>= 0`` GT index, ``-1`` background, ``-2`` ignored).
+
+    Returns:
+        ``anchor_gt`` ``(B, N)`` long: the matched GT where ``matched_idxs >= 0``, else ``-1``.
+    """
+    return matched_idxs.long().clamp(min=-1)
+
+
 class IoUAssigner:
     """RetinaNet labelling by IoU, torchvision's ``Matcher`` batched over images.
 
@@ -95,8 +138,15 @@ class IoUAssigner:
         self.bg_iou = float(bg_iou)
         self.allow_low_quality_matches = bool(allow_low_quality_matches)
 
-    def __call__(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> Tensor:
-        """Match ``anchors`` ``(N, 4)`` to ``gt_boxes`` ``(B, G, 4)`` (mask ``gt_valid``).
+    def __call__(
+        self,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
+        level_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Match ``anchors`` ``(N, 4)`` to ``gt_boxes`` ``(B, G, 4)`` (mask ``gt_valid``);
+        ``level_ids`` is not needed (every level is matched alike).
 
         Returns ``matched_idxs`` ``(B, N)`` long. Memory: one ``(B, G, N)`` IoU matrix.
         """
@@ -116,6 +166,17 @@ class IoUAssigner:
             is_best = (iou == highest_per_gt) & (highest_per_gt > 0)  # (B, G, N)
             matched = torch.where(is_best.any(dim=1), best_gt, matched)
         return matched
+
+    def mask_anchor_condition(
+        self,
+        anchors: Tensor,
+        matched_idxs: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
+        anchor_iou: float,
+    ) -> Tensor:
+        """``IoU(anchor, GT) > t_a`` (paper §3.3), independent of the training match."""
+        return anchor_condition_iou(anchors, gt_boxes, gt_valid, anchor_iou)
 
     def __repr__(self) -> str:
         return (
@@ -154,14 +215,14 @@ class FCOSAssigner:
         self.size_ranges = torch.tensor([[float(lo), float(hi)] for lo, hi in size_ranges])
 
     def __call__(
-        self, anchors: Tensor, level_ids: Tensor, gt_boxes: Tensor, gt_valid: Tensor
+        self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, level_ids: Tensor
     ) -> Tensor:
         """Match locations to GTs.
 
         Args:
             anchors: ``(N, 4)`` cell boxes of the locations (all levels concatenated).
-            level_ids: ``(N,)`` long level index of every location; indexes ``size_ranges``.
             gt_boxes: ``(B, G, 4)``; gt_valid: ``(B, G)`` bool.
+            level_ids: ``(N,)`` long level index of every location; indexes ``size_ranges``.
 
         Returns:
             ``matched_idxs`` ``(B, N)`` long, ``-1`` for background (never ``-2``).
@@ -194,8 +255,104 @@ class FCOSAssigner:
         min_area, best_gt = cost.min(dim=1)  # (B, N) each
         return torch.where(torch.isfinite(min_area), best_gt, BACKGROUND)
 
+    def mask_anchor_condition(
+        self,
+        anchors: Tensor,
+        matched_idxs: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
+        anchor_iou: float,
+    ) -> Tensor:
+        """A location has no anchor box: it qualifies for the GT it is an FCOS positive
+        of (SPEC §4); ``anchor_iou`` does not apply."""
+        return anchor_condition_from_matches(matched_idxs)
+
     def __repr__(self) -> str:
         return (
             f"FCOSAssigner(center_sampling_radius={self.center_sampling_radius}, "
             f"size_ranges={self.size_ranges.tolist()})"
         )
+
+
+class ATSSAssigner:
+    """ATSS (Zhang et al., CVPR 2020): an IoU threshold adapted to every GT.
+
+    For each GT:
+
+    * on every level, the ``topk`` anchors whose centres lie closest to the GT's centre
+      (L2 distance) are its *candidates* (all of a level's anchors if it has fewer);
+    * its threshold is the mean plus the standard deviation (Bessel-corrected) of the
+      candidates' IoUs with it;
+    * a candidate is positive if its IoU reaches the threshold and its centre lies inside
+      the GT box by more than ``eps`` pixels on every side.
+
+    An anchor positive for several GTs takes the one of highest IoU. Everything else is
+    background (``-1``); nothing is ignored. Batched over images and GTs: one
+    ``(B, G, N)`` IoU and distance matrix, and a loop over the FPN levels only.
+    """
+
+    def __init__(self, topk: int = 9, eps: float = 0.01) -> None:
+        if topk < 1:
+            raise ValueError(f"assigners.py: ATSS needs topk >= 1, got {topk}.")
+        self.topk = int(topk)
+        self.eps = float(eps)
+
+    def __call__(
+        self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, level_ids: Tensor
+    ) -> Tensor:
+        """Match ``anchors`` ``(N, 4)`` (levels concatenated, ``level_ids`` ``(N,)``
+        non-decreasing) to ``gt_boxes`` ``(B, G, 4)`` (mask ``gt_valid``).
+
+        Returns ``matched_idxs`` ``(B, N)`` long, ``-1`` for background. The per-level
+        anchor counts are read to the host once (they size the per-level ``topk``).
+        """
+        batch, num_gt = gt_valid.shape
+        num = anchors.shape[0]
+        if num_gt == 0:
+            return anchors.new_full((batch, num), BACKGROUND, dtype=torch.long)
+        gt_boxes = gt_boxes.to(anchors.dtype)
+        iou = box_iou(gt_boxes.reshape(-1, 4), anchors).reshape(batch, num_gt, num)  # (B, G, N)
+        anchor_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (N, 2)
+        gt_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
+        dist = (gt_ctr[:, :, None, :] - anchor_ctr).square().sum(-1).sqrt()  # (B, G, N)
+
+        candidate = torch.zeros_like(iou, dtype=torch.bool)  # (B, G, N)
+        start = 0
+        for size in torch.bincount(level_ids).tolist():  # a loop over FPN levels
+            if size > 0:
+                nearest = (
+                    dist[..., start : start + size]
+                    .topk(min(self.topk, size), dim=-1, largest=False)
+                    .indices
+                )  # (B, G, k) within the level
+                candidate.scatter_(-1, nearest + start, True)
+            start += size
+
+        count = candidate.sum(-1, keepdim=True)  # (B, G, 1)
+        cand_iou = torch.where(candidate, iou, 0.0)  # (B, G, N)
+        mean = cand_iou.sum(-1, keepdim=True) / count  # (B, G, 1)
+        var = torch.where(candidate, (iou - mean).square(), 0.0).sum(-1, keepdim=True)
+        std = (var / (count - 1).clamp(min=1)).sqrt()  # (B, G, 1)
+
+        x1, y1, x2, y2 = (c[..., None] for c in gt_boxes.unbind(dim=-1))  # (B, G, 1) each
+        px, py = anchor_ctr[:, 0], anchor_ctr[:, 1]  # (N,) each
+        inside = torch.stack([px - x1, py - y1, x2 - px, y2 - py], dim=-1).min(-1).values > self.eps
+
+        positive = candidate & (iou >= mean + std) & inside & gt_valid[..., None]  # (B, G, N)
+        best_iou, best_gt = torch.where(positive, iou, -1.0).max(dim=1)  # (B, N) each
+        return torch.where(best_iou >= 0, best_gt, BACKGROUND)
+
+    def mask_anchor_condition(
+        self,
+        anchors: Tensor,
+        matched_idxs: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
+        anchor_iou: float,
+    ) -> Tensor:
+        """An anchor qualifies for the GT it is an ATSS positive of: the adaptive threshold
+        already is ATSS's IoU condition, so ``anchor_iou`` does not apply."""
+        return anchor_condition_from_matches(matched_idxs)
+
+    def __repr__(self) -> str:
+        return f"ATSSAssigner(topk={self.topk}, eps={self.eps})"

@@ -1,266 +1,150 @@
-"""The skeleton shared by RetinaNet and FCOS (detectron2's ``DenseDetector`` idea).
+"""A dense one-stage detector assembled from parts (detectron2's ``DenseDetector`` idea).
 
-A dense detector is a head plus four small strategies: an anchor generator, a box
-coder, an assigner and a loss. RetinaNet and FCOS below differ only in those, and in
-how a location qualifies for mask sampling (``mask_anchor_condition``).
+RetinaNet, FCOS and ATSS are the same :class:`DenseDetector` with different parts, each
+a ``_target_`` in ``conf/detector/<name>.yaml``:
+
+* ``head``: :class:`~pointins.detectors.heads.DenseHead`, logits, box outputs and
+  (optionally) centre-ness per anchor, and the PoI features PointINS reads;
+* ``anchor_generator``: :mod:`~pointins.detectors.anchors`, anchors per location;
+* ``box_coder``: :mod:`~pointins.detectors.box_coders`, box outputs <-> boxes;
+* ``assigner``: :mod:`~pointins.detectors.assigners`, which GT each anchor learns from,
+  and which anchors qualify for mask sampling;
+* ``loss``: :mod:`~pointins.detectors.losses`;
+* ``postprocess``: :class:`~pointins.detectors.postprocess.PostProcess`.
+
+The detector depends on none of PointINS's mask module: its training pass returns a
+:class:`~pointins.structures.DetectorState` that the mask sampler reads.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from pointins.detectors.anchors import AnchorGenerator, PointGenerator
-from pointins.detectors.assigners import (
-    FCOS_SIZE_RANGES,
-    FCOSAssigner,
-    IoUAssigner,
-    gather_assigned,
-)
-from pointins.detectors.box_coders import DeltaBoxCoder, LTRBBoxCoder
-from pointins.detectors.heads import FCOSHead, RetinaNetHead
-from pointins.detectors.losses import fcos_losses, retinanet_losses
-from pointins.detectors.postprocess import postprocess_detections
-from pointins.mask.sampling import anchor_condition_from_matches, anchor_condition_iou
-from pointins.structures import DenseOutputs, Detections
+from pointins.detectors.assigners import gather_assigned, pad_targets
+from pointins.structures import DenseOutputs, Detections, DetectorState, cat_levels
 
 FeatureSizes = list[tuple[int, int]]
 
 
-def cat_levels(per_level: Sequence[Tensor]) -> Tensor:
-    """Concatenate per-level ``(B, HWA_l, ...)`` tensors along the anchor axis."""
-    return torch.cat(list(per_level), dim=1)
-
-
 class DenseDetector(nn.Module):
-    """Head + anchors + box coder + assigner; training targets, losses and inference.
+    """Head + anchors + box coder + assigner + loss + post-processing.
 
-    Subclasses set ``head``, ``anchor_generator``, ``box_coder`` and implement
-    :meth:`assign`, :meth:`compute_losses` and :meth:`mask_anchor_condition`.
+    Args:
+        head: an ``nn.Module`` mapping FPN levels to :class:`DenseOutputs`.
+        anchor_generator: anchors per level for given feature sizes; its ``strides`` are
+            the FPN's, its ``num_anchors`` the head's ``A``.
+        box_coder: ``encode(anchors, boxes)`` / ``decode(anchors, outputs)``.
+        assigner: ``assigner(anchors, gt_boxes, gt_valid, level_ids) -> (B, N)`` matches,
+            and ``mask_anchor_condition(...)``.
+        loss: ``loss(outputs, anchors, assignment, box_coder) -> dict`` of loss terms.
+        postprocess: ``postprocess(outputs, anchors, feature_sizes, A, box_coder,
+            image_sizes) -> list[Detections]``.
+        p6_from: the FPN's P6 input in the original detector (RetinaNet ``c5``, FCOS and
+            ATSS ``p5``); read by ``build_model`` when ``model.neck.p6_from`` is null.
     """
-
-    #: whether anchors carry a shape (RetinaNet) or are bare locations (FCOS); the mask
-    #: module's Iz uses the anchor's aspect ratio and size only in the first case.
-    anchor_shape: bool
-    head: nn.Module
-    anchor_generator: AnchorGenerator | PointGenerator
-    box_coder: DeltaBoxCoder | LTRBBoxCoder
 
     def __init__(
         self,
-        strides: Sequence[int],
-        score_thresh: float,
-        topk_candidates: int,
-        nms_thresh: float,
-        detections_per_img: int,
+        head: nn.Module,
+        anchor_generator,
+        box_coder,
+        assigner,
+        loss,
+        postprocess,
+        p6_from: str = "p5",
     ) -> None:
         super().__init__()
-        self.strides = [int(s) for s in strides]
-        self.score_thresh = score_thresh
-        self.topk_candidates = topk_candidates
-        self.nms_thresh = nms_thresh
-        self.detections_per_img = detections_per_img
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.assigner = assigner
+        self.loss = loss
+        self.postprocess = postprocess
+        self.p6_from = p6_from
+        if head.num_anchors != anchor_generator.num_anchors:
+            raise ValueError(
+                f"dense_detector.py: the head predicts {head.num_anchors} anchors per location "
+                f"but the anchor generator makes {anchor_generator.num_anchors}; build the head "
+                "with num_anchors=anchor_generator.num_anchors (build_model does)"
+            )
+
+    @property
+    def strides(self) -> list[int]:
+        return [int(s) for s in self.anchor_generator.strides]
 
     @property
     def num_anchors(self) -> int:
         return self.anchor_generator.num_anchors
 
+    @property
+    def anchor_shape(self) -> bool:
+        """Whether anchors carry a shape (RetinaNet, ATSS) or are bare locations (FCOS);
+        the mask module's Iz uses the anchor's aspect ratio and size only in the first case."""
+        return self.anchor_generator.anchor_shape
+
     def forward(self, features: list[Tensor]) -> DenseOutputs:
         return self.head(features)
 
-    def anchors(self, feature_sizes: FeatureSizes, device: torch.device) -> list[Tensor]:
-        """Per level ``(H_l*W_l*A, 4)`` anchors (cached by the generator)."""
-        return self.anchor_generator(feature_sizes, device)
+    def forward_train(
+        self, features: list[Tensor], targets: Sequence[dict[str, Tensor]]
+    ) -> tuple[dict[str, Tensor], DetectorState]:
+        """Loss terms of a batch, and the state the mask sampler reads.
 
-    def level_ids(self, feature_sizes: FeatureSizes, device: torch.device) -> Tensor:
-        return self.anchor_generator.level_ids(feature_sizes, device)
+        Args:
+            features: FPN levels ``[(B, F, H_l, W_l)]``.
+            targets: per image ``boxes`` ``(G_i, 4)`` xyxy and ``labels`` ``(G_i,)``.
+        """
+        outputs = self(features)
+        device = features[0].device
+        feature_sizes = [tuple(p.shape[-2:]) for p in outputs.poi_features]
+        anchors = torch.cat(self.anchor_generator(feature_sizes, device))  # (N, 4)
+        level_ids = self.anchor_generator.level_ids(feature_sizes, device)  # (N,)
+        gt_boxes, gt_labels, gt_valid = pad_targets(targets)  # (B, G, 4), (B, G), (B, G)
+        matched_idxs = self.assigner(anchors, gt_boxes, gt_valid, level_ids)  # (B, N)
+        assignment = gather_assigned(matched_idxs, gt_boxes, gt_labels)
+        losses = self.loss(outputs, anchors, assignment, self.box_coder)
+        with torch.no_grad():
+            box_regression = cat_levels(outputs.box_regression)  # (B, N, 4)
+            pred_boxes = self.box_coder.decode(
+                anchors[None].expand_as(box_regression), box_regression
+            )
+        state = DetectorState(
+            poi_features=outputs.poi_features,
+            feature_sizes=feature_sizes,
+            strides=self.strides,
+            num_anchors=self.num_anchors,
+            anchors=anchors,
+            level_ids=level_ids,
+            matched_idxs=matched_idxs,
+            gt_boxes=gt_boxes,
+            gt_valid=gt_valid,
+            pred_boxes=pred_boxes,  # (B, N, 4)
+        )
+        return losses, state
 
-    def decode(self, box_regression: Tensor, anchors: Tensor) -> Tensor:
-        """``(B, N, 4)`` regression, ``(N, 4)`` anchors -> ``(B, N, 4)`` boxes."""
-        return self.box_coder.decode(anchors[None].expand_as(box_regression), box_regression)
-
-    def assign(
-        self, anchors: Tensor, level_ids: Tensor, gt_boxes: Tensor, gt_valid: Tensor
-    ) -> Tensor:
-        raise NotImplementedError
-
-    def compute_losses(
-        self,
-        outputs: DenseOutputs,
-        anchors: Tensor,
-        matched_idxs: Tensor,
-        gt_boxes: Tensor,
-        gt_labels: Tensor,
-    ) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def mask_anchor_condition(
-        self,
-        anchors: Tensor,
-        matched_idxs: Tensor,
-        gt_boxes: Tensor,
-        gt_valid: Tensor,
-        anchor_iou: float,
-    ) -> Tensor:
-        """``(B, N)`` long: the GT a location's anchor qualifies for mask sampling, or -1."""
-        raise NotImplementedError
+    def mask_anchor_condition(self, state: DetectorState, anchor_iou: float) -> Tensor:
+        """``(B, N)`` long: the GT each anchor qualifies for in mask sampling, or ``-1``
+        (the assigner's rule; ``anchor_iou`` is ``t_a`` where the rule uses one)."""
+        return self.assigner.mask_anchor_condition(
+            state.anchors, state.matched_idxs, state.gt_boxes, state.gt_valid, anchor_iou
+        )
 
     def inference(
-        self,
-        outputs: DenseOutputs,
-        anchors: list[Tensor],
-        feature_sizes: FeatureSizes,
-        image_sizes: Sequence[tuple[int, int]],
+        self, outputs: DenseOutputs, image_sizes: Sequence[tuple[int, int]]
     ) -> list[Detections]:
-        return postprocess_detections(
-            outputs.cls_logits,
-            outputs.box_regression,
-            outputs.centerness,
-            anchors,
-            feature_sizes,
-            self.num_anchors,
-            self.box_coder,
-            image_sizes,
-            score_thresh=self.score_thresh,
-            topk_candidates=self.topk_candidates,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
+        """Per-image detections (input-image coordinates) from the head's outputs."""
+        feature_sizes = [tuple(p.shape[-2:]) for p in outputs.poi_features]
+        device = outputs.poi_features[0].device
+        anchors = self.anchor_generator(feature_sizes, device)  # per level (H_l*W_l*A, 4)
+        return self.postprocess(
+            outputs, anchors, feature_sizes, self.num_anchors, self.box_coder, image_sizes
         )
 
-
-class RetinaNet(DenseDetector):
-    """RetinaNet (Lin et al.): 9 anchors per location, IoU matching, focal + smooth-L1."""
-
-    anchor_shape = True
-    p6_from = "c5"  # the FPN's P6 input in the original RetinaNet
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        strides: Sequence[int] = (8, 16, 32, 64, 128),
-        num_convs: int = 4,
-        conv_dim: int = 256,
-        prior_prob: float = 0.01,
-        group_norm: bool = False,
-        checkpoint_towers: bool = False,
-        octave_base_scale: float = 4,
-        scales_per_octave: int = 3,
-        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        fg_iou_thresh: float = 0.5,
-        bg_iou_thresh: float = 0.4,
-        allow_low_quality_matches: bool = True,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        smooth_l1_beta: float = 0.1,
-        score_thresh: float = 0.05,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-    ) -> None:
-        super().__init__(strides, score_thresh, topk_candidates, nms_thresh, detections_per_img)
-        self.anchor_generator = AnchorGenerator(
-            self.strides, octave_base_scale, scales_per_octave, aspect_ratios
+    def extra_repr(self) -> str:
+        return (
+            f"anchor_generator={self.anchor_generator!r}, box_coder={self.box_coder!r},\n"
+            f"assigner={self.assigner!r}, loss={self.loss!r},\npostprocess={self.postprocess!r}"
         )
-        self.head = RetinaNetHead(
-            in_channels,
-            num_classes,
-            self.anchor_generator.num_anchors,
-            num_convs,
-            conv_dim,
-            prior_prob,
-            group_norm,
-            checkpoint_towers,
-        )
-        self.box_coder = DeltaBoxCoder(scale_clamp=math.log(1000.0 / 16))
-        self.assigner = IoUAssigner(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches)
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.smooth_l1_beta = smooth_l1_beta
-
-    def assign(self, anchors, level_ids, gt_boxes, gt_valid):
-        return self.assigner(anchors, gt_boxes, gt_valid)
-
-    def compute_losses(self, outputs, anchors, matched_idxs, gt_boxes, gt_labels):
-        return retinanet_losses(
-            cat_levels(outputs.cls_logits),
-            cat_levels(outputs.box_regression),
-            anchors,
-            gather_assigned(matched_idxs, gt_boxes, gt_labels),
-            self.box_coder,
-            self.focal_alpha,
-            self.focal_gamma,
-            self.smooth_l1_beta,
-        )
-
-    def mask_anchor_condition(self, anchors, matched_idxs, gt_boxes, gt_valid, anchor_iou):
-        return anchor_condition_iou(anchors, gt_boxes, gt_valid, anchor_iou)
-
-
-class FCOS(DenseDetector):
-    """FCOS (Tian et al.): one point per location, centre sampling, focal + GIoU +
-    centerness, scores sqrt(cls · centerness)."""
-
-    anchor_shape = False
-    p6_from = "p5"  # the FPN's P6 input in FCOS
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        strides: Sequence[int] = (8, 16, 32, 64, 128),
-        num_convs: int = 4,
-        conv_dim: int = 256,
-        prior_prob: float = 0.01,
-        group_norm: bool = True,
-        checkpoint_towers: bool = False,
-        center_sampling_radius: float = 1.5,
-        size_ranges: Sequence[Sequence[float]] = FCOS_SIZE_RANGES,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        score_thresh: float = 0.05,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.6,
-        detections_per_img: int = 100,
-    ) -> None:
-        super().__init__(strides, score_thresh, topk_candidates, nms_thresh, detections_per_img)
-        if len(size_ranges) != len(self.strides):
-            raise ValueError(
-                f"detector.size_ranges has {len(size_ranges)} ranges for {len(self.strides)} "
-                "FPN levels; give one [lo, hi] per level"
-            )
-        self.anchor_generator = PointGenerator(self.strides)
-        self.head = FCOSHead(
-            in_channels,
-            num_classes,
-            len(self.strides),
-            num_convs,
-            conv_dim,
-            prior_prob,
-            group_norm,
-            checkpoint_towers,
-        )
-        self.box_coder = LTRBBoxCoder()
-        self.assigner = FCOSAssigner(center_sampling_radius, size_ranges)
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-
-    def assign(self, anchors, level_ids, gt_boxes, gt_valid):
-        return self.assigner(anchors, level_ids, gt_boxes, gt_valid)
-
-    def compute_losses(self, outputs, anchors, matched_idxs, gt_boxes, gt_labels):
-        return fcos_losses(
-            cat_levels(outputs.cls_logits),
-            cat_levels(outputs.box_regression),
-            torch.cat(outputs.centerness, dim=1),
-            anchors,
-            gather_assigned(matched_idxs, gt_boxes, gt_labels),
-            self.box_coder,
-            self.focal_alpha,
-            self.focal_gamma,
-        )
-
-    def mask_anchor_condition(self, anchors, matched_idxs, gt_boxes, gt_valid, anchor_iou):
-        # FCOS has no anchor box: the "anchor condition" is FCOS positivity (SPEC §4).
-        return anchor_condition_from_matches(matched_idxs)

@@ -1,6 +1,6 @@
-"""Dense heads shared over FPN levels: a classification and a regression tower.
+"""The dense head shared over FPN levels: a classification and a regression tower.
 
-Both heads return a :class:`DenseOutputs`; ``poi_features`` is the last feature map
+It returns a :class:`DenseOutputs`; ``poi_features`` is the last feature map
 of the regression tower, the "point of interest" features PointINS reads its
 templates and (optionally) Iz from. Under autocast the towers run in the autocast
 dtype, and the predictions (logits, box regression, centerness) are returned in fp32:
@@ -33,10 +33,8 @@ class Tower(nn.Sequential):
     With ``checkpoint``, a training forward keeps only the tower's input and output for
     the backward pass, and recomputes the layers in between there
     (``torch.utils.checkpoint``, non-reentrant). Four convolutions on P3–P7 per tower are
-    the largest activations of a dense detector after the backbone. On the 2-core CPU
-    demo, checkpointing both towers of PointINS-RetinaNet cuts the training step's peak
-    from 759 to 665 MiB of tensors for a median 6 % of its time; at the paper's size, by
-    260 MiB of 2.5 GB (README, "Speed and memory").
+    the largest activations of a dense detector after the backbone, so this trades step
+    time for peak memory (``make bench`` measures both; docs/benchmarks.md).
     """
 
     def __init__(
@@ -87,75 +85,68 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-class RetinaNetHead(nn.Module):
-    """RetinaNet head: towers without normalisation, A·C logits and A·4 deltas."""
+class DenseHead(nn.Module):
+    """The dense head of RetinaNet, FCOS and ATSS: two towers shared over the FPN levels.
+
+    The classification tower ends in ``A * C`` logits, the regression tower in ``A * 4``
+    box-coder outputs and, optionally, ``A`` centre-ness logits. What the detectors
+    differ in is a handful of switches:
+
+    ========================  =========  ====  ====
+    option                    RetinaNet  FCOS  ATSS
+    ========================  =========  ====  ====
+    ``group_norm``            no         yes   yes
+    ``centerness``            no         yes   yes
+    ``scale_per_level``       no         yes   yes
+    ``nonnegative_regression``  no       yes   no
+    ========================  =========  ====  ====
+
+    ``scale_per_level`` multiplies the box outputs by a learnable scalar per level (FCOS's
+    ``Scale``); ``nonnegative_regression`` passes them through a ReLU (FCOS's ``(l, t, r,
+    b)`` distances are non-negative). ``num_anchors`` comes from the anchor generator.
+    """
 
     def __init__(
         self,
         in_channels: int,
         num_classes: int,
         num_anchors: int,
+        num_levels: int,
         num_convs: int = 4,
         conv_dim: int = 256,
         prior_prob: float = 0.01,
         group_norm: bool = False,
+        centerness: bool = False,
+        scale_per_level: bool = False,
+        nonnegative_regression: bool = False,
         checkpoint_towers: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
+        self.nonnegative_regression = nonnegative_regression
         self.cls_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
         self.reg_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
         self.cls_logits = nn.Conv2d(conv_dim, num_anchors * num_classes, 3, padding=1)
         self.box_regression = nn.Conv2d(conv_dim, num_anchors * 4, 3, padding=1)
-        _init_convs(self)
-        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
-        self.out_channels = conv_dim
-
-    def forward(self, features: list[Tensor]) -> DenseOutputs:
-        cls, reg, poi = [], [], []
-        for x in features:
-            r = self.reg_tower(x)  # (B, F, H, W)
-            cls.append(_flatten(self.cls_logits(self.cls_tower(x)).float(), self.num_classes))
-            reg.append(_flatten(self.box_regression(r).float(), 4))
-            poi.append(r)
-        return DenseOutputs(cls, reg, None, poi)
-
-
-class FCOSHead(nn.Module):
-    """FCOS head: GroupNorm towers, C logits, per-level scaled ReLU (l,t,r,b) distances
-    in units of the stride, and centerness on the regression tower."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        num_levels: int,
-        num_convs: int = 4,
-        conv_dim: int = 256,
-        prior_prob: float = 0.01,
-        group_norm: bool = True,
-        checkpoint_towers: bool = False,
-    ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.num_anchors = 1
-        self.cls_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
-        self.reg_tower = Tower(in_channels, conv_dim, num_convs, group_norm, checkpoint_towers)
-        self.cls_logits = nn.Conv2d(conv_dim, num_classes, 3, padding=1)
-        self.box_regression = nn.Conv2d(conv_dim, 4, 3, padding=1)
-        self.centerness = nn.Conv2d(conv_dim, 1, 3, padding=1)
-        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        self.centerness = nn.Conv2d(conv_dim, num_anchors, 3, padding=1) if centerness else None
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels)) if scale_per_level else None
         _init_convs(self)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
         self.out_channels = conv_dim
 
     def forward(self, features: list[Tensor]) -> DenseOutputs:
         cls, reg, ctr, poi = [], [], [], []
-        for x, scale in zip(features, self.scales, strict=True):
+        for level, x in enumerate(features):
             r = self.reg_tower(x)  # (B, F, H, W)
             cls.append(_flatten(self.cls_logits(self.cls_tower(x)).float(), self.num_classes))
-            reg.append(_flatten(torch.relu(scale(self.box_regression(r).float())), 4))
-            ctr.append(_flatten(self.centerness(r).float(), 1).squeeze(-1))  # (B, H*W)
+            box = self.box_regression(r).float()  # (B, A*4, H, W)
+            if self.scales is not None:
+                box = self.scales[level](box)
+            if self.nonnegative_regression:
+                box = torch.relu(box)
+            reg.append(_flatten(box, 4))  # (B, H*W*A, 4)
+            if self.centerness is not None:
+                ctr.append(_flatten(self.centerness(r).float(), 1).squeeze(-1))  # (B, H*W*A)
             poi.append(r)
-        return DenseOutputs(cls, reg, ctr, poi)
+        return DenseOutputs(cls, reg, ctr if self.centerness is not None else None, poi)

@@ -1,6 +1,8 @@
-"""Dense-detector losses (RetinaNet and FCOS), batched over images and anchors.
+"""Dense-detector losses (RetinaNet; FCOS and ATSS), batched over images and anchors.
 
-Inputs are the head outputs with all levels concatenated along dim 1 and an
+:class:`RetinaNetLoss` and :class:`CenternessLoss` are the ``loss`` part of a
+:class:`~pointins.detectors.DenseDetector`; the functions below them take the head
+outputs with all levels concatenated along dim 1 and an
 :class:`~pointins.structures.Assignment` from ``assigners.py``. Every loss is a
 sum over anchors divided by the number of positives, averaged over ranks when
 ``torch.distributed`` is initialised (torchvision/detectron2 convention). A batch
@@ -18,7 +20,7 @@ from torchvision.ops import generalized_box_iou_loss
 
 from pointins.detectors.box_coders import BoxCoder
 from pointins.detectors.focal_loss import sigmoid_focal_loss
-from pointins.structures import Assignment
+from pointins.structures import Assignment, DenseOutputs, cat_levels
 
 
 def num_positives_across_ranks(num_pos: Tensor, minimum: float = 1.0) -> Tensor:
@@ -80,6 +82,15 @@ def retinanet_losses(
     return {"loss_cls": loss_cls / normaliser, "loss_box_reg": loss_box / normaliser}
 
 
+def centre_distances(anchors: Tensor, boxes: Tensor) -> Tensor:
+    """``(..., 4)`` pixel distances ``(l, t, r, b)`` from the anchor centres to the box sides."""
+    cx = (anchors[..., 0] + anchors[..., 2]) / 2
+    cy = (anchors[..., 1] + anchors[..., 3]) / 2
+    return torch.stack(
+        [cx - boxes[..., 0], cy - boxes[..., 1], boxes[..., 2] - cx, boxes[..., 3] - cy], dim=-1
+    )  # (..., 4)
+
+
 def centerness_targets(ltrb: Tensor) -> Tensor:
     """Centre-ness of ``(..., 4)`` ltrb: ``sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))``."""
     left_right = ltrb[..., [0, 2]]  # (..., 2)
@@ -98,16 +109,19 @@ def fcos_losses(
     box_coder: BoxCoder,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    box_weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """FCOS: focal classification, GIoU on decoded boxes and centre-ness BCE of positives.
 
     Args:
         cls_logits: ``(B, N, C)``.
-        box_regression: ``(B, N, 4)`` stride-normalised, non-negative ``(l, t, r, b)``.
+        box_regression: ``(B, N, 4)`` box-coder outputs (FCOS: stride-normalised
+            ``(l, t, r, b)``; ATSS: deltas).
         centerness: ``(B, N)`` logits.
-        anchors: ``(N, 4)`` cell boxes of the locations.
-        assignment: per-location targets, ``matched_idxs`` ``(B, N)``.
-        box_coder: ``LTRBBoxCoder``.
+        anchors: ``(N, 4)`` anchors (FCOS: the cell boxes of the locations).
+        assignment: per-anchor targets, ``matched_idxs`` ``(B, N)``.
+        box_coder: decodes ``box_regression`` against the anchors.
+        box_weight: factor of the GIoU term (FCOS 1, ATSS 2).
 
     Returns:
         ``{"loss_cls", "loss_box_reg", "loss_centerness"}``. Classification and
@@ -122,7 +136,7 @@ def fcos_losses(
     pos_anchors = anchors[None].expand_as(box_regression)[positive]  # (P, 4)
     pos_gt = assignment.gt_boxes[positive].to(box_regression.dtype)  # (P, 4)
     with torch.no_grad():
-        ctr_targets = centerness_targets(box_coder.encode(pos_anchors, pos_gt))  # (P,)
+        ctr_targets = centerness_targets(centre_distances(pos_anchors, pos_gt))  # (P,)
     pred_boxes = box_coder.decode(pos_anchors, box_regression[positive])  # (P, 4)
     giou = generalized_box_iou_loss(pred_boxes, pos_gt, reduction="none")  # (P,)
     loss_box = (giou * ctr_targets.to(giou.dtype)).sum()
@@ -133,6 +147,73 @@ def fcos_losses(
     )
     return {
         "loss_cls": loss_cls / normaliser,
-        "loss_box_reg": loss_box / box_normaliser,
+        "loss_box_reg": box_weight * loss_box / box_normaliser,
         "loss_centerness": loss_ctr / normaliser,
     }
+
+
+class RetinaNetLoss:
+    """RetinaNet's loss part: focal classification + smooth-L1 on deltas."""
+
+    def __init__(
+        self, focal_alpha: float = 0.25, focal_gamma: float = 2.0, smooth_l1_beta: float = 0.1
+    ) -> None:
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+
+    def __call__(
+        self, outputs: DenseOutputs, anchors: Tensor, assignment: Assignment, box_coder: BoxCoder
+    ) -> dict[str, Tensor]:
+        return retinanet_losses(
+            cat_levels(outputs.cls_logits),  # (B, N, C)
+            cat_levels(outputs.box_regression),  # (B, N, 4)
+            anchors,
+            assignment,
+            box_coder,
+            self.focal_alpha,
+            self.focal_gamma,
+            self.smooth_l1_beta,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RetinaNetLoss(focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}, "
+            f"smooth_l1_beta={self.smooth_l1_beta})"
+        )
+
+
+class CenternessLoss:
+    """FCOS's and ATSS's loss part: focal classification, GIoU weighted by the centre-ness
+    targets, and centre-ness BCE (:func:`fcos_losses`). Needs a head with centre-ness."""
+
+    def __init__(
+        self, focal_alpha: float = 0.25, focal_gamma: float = 2.0, box_weight: float = 1.0
+    ) -> None:
+        self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
+        self.box_weight = float(box_weight)
+
+    def __call__(
+        self, outputs: DenseOutputs, anchors: Tensor, assignment: Assignment, box_coder: BoxCoder
+    ) -> dict[str, Tensor]:
+        if outputs.centerness is None:
+            raise ValueError(
+                "losses.py: CenternessLoss needs centre-ness predictions; set "
+                "model.detector.head.centerness=true"
+            )
+        return fcos_losses(
+            cat_levels(outputs.cls_logits),  # (B, N, C)
+            cat_levels(outputs.box_regression),  # (B, N, 4)
+            cat_levels(outputs.centerness),  # (B, N)
+            anchors,
+            assignment,
+            box_coder,
+            self.focal_alpha,
+            self.focal_gamma,
+            self.box_weight,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CenternessLoss(focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}, "
+            f"box_weight={self.box_weight})"
+        )

@@ -1,4 +1,4 @@
-"""Inference post-processing shared by RetinaNet and FCOS.
+"""Inference post-processing shared by the dense detectors (:class:`PostProcess`).
 
 Per level: score every (anchor, class) pair, keep the ``topk_candidates`` best above
 ``score_thresh`` (one batched ``topk`` over images), decode their boxes. Then for the
@@ -19,24 +19,18 @@ from torch import Tensor
 from torchvision.ops import batched_nms, remove_small_boxes
 
 from pointins.detectors.box_coders import BoxCoder
-from pointins.structures import Detections
+from pointins.structures import DenseOutputs, Detections
 from pointins.sync_free import count_per_index
 
 
-def _level_scores(cls_logits: Tensor, centerness: Tensor | None, num_anchors: int) -> Tensor:
-    """``(B, HWA, C)`` detection scores of one level.
-
-    ``sigmoid(cls)``, or with centre-ness (FCOS) ``sqrt(sigmoid(cls) * sigmoid(ctr))``.
-    ``centerness`` may be per location ``(B, HW)`` or per anchor ``(B, HWA)``.
-    """
+def _level_scores(cls_logits: Tensor, centerness: Tensor | None) -> Tensor:
+    """``(B, HWA, C)`` detection scores of one level: ``sigmoid(cls)``, or with
+    centre-ness ``(B, HWA)`` logits (FCOS, ATSS) ``sqrt(sigmoid(cls) * sigmoid(ctr))``,
+    each anchor's centre-ness scaling its own class scores."""
     scores = cls_logits.sigmoid()  # (B, HWA, C)
     if centerness is None:
         return scores
-    batch, num = cls_logits.shape[:2]
-    ctr = centerness.reshape(batch, -1)  # (B, HW) or (B, HWA)
-    if ctr.shape[1] != num:
-        ctr = ctr.repeat_interleave(num_anchors, dim=1)  # (B, HWA)
-    return torch.sqrt(scores * ctr.sigmoid()[..., None])  # (B, HWA, C)
+    return torch.sqrt(scores * centerness.sigmoid()[..., None])  # (B, HWA, C)
 
 
 def _clip_batched(boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tensor:
@@ -70,8 +64,7 @@ def postprocess_detections(
     Args:
         cls_logits: per level ``(B, H_l * W_l * A, C)`` logits.
         box_regression: per level ``(B, H_l * W_l * A, 4)`` box-coder outputs.
-        centerness: per level ``(B, H_l * W_l)`` (or ``(B, H_l * W_l * A)``) logits, or
-            ``None`` (RetinaNet).
+        centerness: per level ``(B, H_l * W_l * A)`` logits, or ``None`` (RetinaNet).
         anchors: per level ``(H_l * W_l * A, 4)``, from the anchor generator.
         feature_sizes: per level ``(H_l, W_l)``.
         num_anchors: ``A``.
@@ -93,7 +86,7 @@ def postprocess_detections(
     }
     for level, (_, width) in enumerate(feature_sizes):
         ctr = None if centerness is None else centerness[level]
-        scores = _level_scores(cls_logits[level], ctr, num_anchors)  # (B, HWA, C)
+        scores = _level_scores(cls_logits[level], ctr)  # (B, HWA, C)
         scores = scores.reshape(batch, -1)  # (B, HWA * C), class fastest
         k = min(topk_candidates, scores.shape[1])
         top_scores, top_idx = scores.topk(k, dim=1)  # (B, k) each
@@ -154,3 +147,51 @@ def postprocess_detections(
         )
         for i in range(batch)
     ]
+
+
+class PostProcess:
+    """A dense detector's inference part: thresholds, per-level top-k, class-wise NMS
+    (:func:`postprocess_detections`)."""
+
+    def __init__(
+        self,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        self.score_thresh = float(score_thresh)
+        self.topk_candidates = int(topk_candidates)
+        self.nms_thresh = float(nms_thresh)
+        self.detections_per_img = int(detections_per_img)
+
+    def __call__(
+        self,
+        outputs: DenseOutputs,
+        anchors: Sequence[Tensor],
+        feature_sizes: Sequence[tuple[int, int]],
+        num_anchors: int,
+        box_coder: BoxCoder,
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[Detections]:
+        return postprocess_detections(
+            outputs.cls_logits,
+            outputs.box_regression,
+            outputs.centerness,
+            anchors,
+            feature_sizes,
+            num_anchors,
+            box_coder,
+            image_sizes,
+            score_thresh=self.score_thresh,
+            topk_candidates=self.topk_candidates,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PostProcess(score_thresh={self.score_thresh}, topk_candidates="
+            f"{self.topk_candidates}, nms_thresh={self.nms_thresh}, "
+            f"detections_per_img={self.detections_per_img})"
+        )

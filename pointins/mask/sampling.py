@@ -5,9 +5,9 @@ satisfies the detector's *anchor condition* for some ground-truth (GT) box, and 
 target box drawn for it from {anchor, GT box, regressed box}. A candidate is
 *positive* when
 
-* the anchor condition holds (RetinaNet: ``IoU(anchor, GT) > t_a``, see
-  :func:`anchor_condition_iou`; FCOS: the location is an FCOS positive for the GT,
-  see :func:`anchor_condition_from_matches`), and
+* the anchor condition holds (the detector's assigner decides it: RetinaNet
+  ``IoU(anchor, GT) > t_a``; FCOS and ATSS: the anchor is a positive of the GT; see
+  ``mask_anchor_condition`` in ``pointins/detectors/assigners.py``), and
 * ``IoU(target box, GT) > t_b``.
 
 At most ``num_samples`` positives per image are kept, uniformly at random; each
@@ -35,8 +35,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from pointins.box_ops import box_iou
-from pointins.structures import InstanceQueries
+from pointins.structures import DetectorState, InstanceQueries
 from pointins.sync_free import count_per_index, to_device
 
 #: Target-box types, the values of :attr:`SamplingInfo.box_type`.
@@ -59,42 +58,54 @@ class SamplingInfo:
     num_positives: Tensor  # (B,) long, positives per image before the num_samples cap
 
 
-def anchor_condition_iou(
-    anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, thresh: float = 0.5
-) -> Tensor:
-    """RetinaNet anchor condition: the anchor's best GT, if ``IoU(anchor, best GT) > thresh``.
+@dataclass
+class QuerySampler:
+    """§3.3 / T8–T10: the mask module's training queries and their targets.
 
-    Args:
-        anchors: ``(N, 4)`` anchors of all levels, xyxy.
-        gt_boxes: ``(B, G, 4)`` padded GT boxes.
-        gt_valid: ``(B, G)`` bool, False where padded.
-        thresh: ``t_a`` (strict inequality, paper §3.3).
-
-    Returns:
-        ``anchor_gt`` ``(B, N)`` long: GT index within the image, ``-1`` where no GT qualifies.
+    From a detector's training state and the anchor condition (which GT each anchor
+    qualifies for, decided by the detector's assigner with ``t_a = anchor_iou``), draws the
+    (point, anchor, target box) samples (:func:`sample_queries`) and crops their
+    ``2K x 2K`` mask targets from the GT masks (:func:`mask_targets`).
     """
-    batch, num_gt = gt_valid.shape
-    num = anchors.shape[0]
-    if num_gt == 0:
-        return torch.full((batch, num), -1, dtype=torch.long, device=anchors.device)
-    iou = box_iou(gt_boxes.reshape(-1, 4).to(anchors.dtype), anchors)  # (B * G, N)
-    iou = iou.reshape(batch, num_gt, num)  # (B, G, N)
-    iou.masked_fill_(~gt_valid[..., None], -1.0)  # padded GTs never win
-    best_iou, best_gt = iou.max(dim=1)  # (B, N), (B, N)
-    return torch.where(best_iou > thresh, best_gt, torch.full_like(best_gt, -1))
 
+    anchor_iou: float = 0.5  # t_a
+    box_iou: float = 0.5  # t_b
+    target_box_probs: Sequence[float] = (0.05, 0.05, 0.9)  # (anchor, GT, regressed)
+    num_samples: int | None = 128  # per image; None = all
 
-def anchor_condition_from_matches(matched_idxs: Tensor) -> Tensor:
-    """FCOS anchor condition: the location is an FCOS positive for the GT it matched.
+    def __call__(
+        self,
+        state: DetectorState,
+        anchor_gt: Tensor,
+        gt_masks: Sequence[Tensor],
+        mask_size: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[InstanceQueries, Tensor]:
+        """Queries ``(Q rows)`` and their mask targets ``(Q, mask_size, mask_size)``.
 
-    Args:
-        matched_idxs: ``(B, N)`` long, torchvision's matcher contract
-            (``>= 0`` GT index, ``-1`` background, ``-2`` ignored).
-
-    Returns:
-        ``anchor_gt`` ``(B, N)`` long: the matched GT where ``matched_idxs >= 0``, else ``-1``.
-    """
-    return matched_idxs.long().clamp(min=-1)
+        Args:
+            state: the detector's training state (anchors, levels, predicted boxes, GT).
+            anchor_gt: ``(B, N)`` long, from the detector's ``mask_anchor_condition``.
+            gt_masks: one ``(G_i, h_i, w_i)`` mask tensor per image, in input pixels.
+            mask_size: ``2K``.
+            generator: RNG of the draws (a function of the step in training).
+        """
+        queries, _ = sample_queries(
+            state.anchors,
+            state.level_ids,
+            state.feature_sizes,
+            state.strides,
+            state.num_anchors,
+            anchor_gt,
+            state.pred_boxes,
+            state.gt_boxes,
+            state.gt_valid,
+            box_iou_thresh=self.box_iou,
+            target_box_probs=self.target_box_probs,
+            num_samples=self.num_samples,
+            generator=generator,
+        )
+        return queries, mask_targets(gt_masks, queries, mask_size)
 
 
 def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -215,7 +226,7 @@ def sample_queries(
         strides: stride of every level in pixels.
         num_anchors: ``A``, anchors per location.
         anchor_gt: ``(B, N)`` long, the GT satisfying the anchor condition, ``-1`` otherwise
-            (:func:`anchor_condition_iou` or :func:`anchor_condition_from_matches`).
+            (the assigner's ``mask_anchor_condition``).
         pred_boxes: ``(B, N, 4)`` decoded regressed boxes; detached here.
         gt_boxes: ``(B, G, 4)`` padded GT boxes; gt_valid: ``(B, G)`` bool.
         box_iou_thresh: ``t_b``, positives need ``IoU(target box, GT) > t_b``.
