@@ -8,9 +8,7 @@ ran in) with ``preview.num`` samples (default 16) drawn with seed ``preview.seed
 
 from __future__ import annotations
 
-import colorsys
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import hydra
@@ -19,36 +17,12 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.nn import functional as nnf
 from torchvision.transforms.v2.functional import to_pil_image
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
+from torchvision.utils import make_grid
 
+from pointins.visualize import class_color, denormalize, draw_instances
 
-def class_color(label: int) -> tuple[int, int, int]:
-    """A distinct, stable RGB colour per class (hues spaced by the golden ratio)."""
-    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.75, 0.95)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Normalised float (3, H, W) → uint8 (3, H, W)."""
-    mean_t = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
-    return ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def draw_instances(image: Tensor, target: dict[str, Tensor], class_names: Sequence[str]) -> Tensor:
-    """Masks (alpha 0.5, if any), boxes and class names (with ``scores``, if given) of
-    ``target`` drawn on a uint8 ``(3, H, W)`` image."""
-    labels = target["labels"].tolist()
-    if not labels:
-        return image
-    colors = [class_color(label) for label in labels]
-    if "masks" in target:
-        image = draw_segmentation_masks(image, target["masks"].bool(), alpha=0.5, colors=colors)
-    names = [class_names[label] for label in labels]
-    if "scores" in target:
-        scores = target["scores"].tolist()
-        names = [f"{name} {score:.2f}" for name, score in zip(names, scores, strict=True)]
-    return draw_bounding_boxes(image, target["boxes"], labels=names, colors=colors, width=2)
+# the drawing helpers live in pointins.visualize; re-exported for this module's callers
+__all__ = ["class_color", "denormalize", "draw_instances", "main", "render_preview"]
 
 
 def render_preview(datamodule: Any, num: int = 16, seed: int = 0) -> Tensor:

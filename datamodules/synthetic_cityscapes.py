@@ -1,4 +1,4 @@
-"""The synthetic shapes scenes written in the Cityscapes layout, for the official evaluation.
+"""Writing the synthetic shapes scenes in the Cityscapes layout, for the official evaluation.
 
 ``generate_shapes(root, ..., layout="cityscapes")`` (CLI: ``python -m datamodules.synthetic
 --layout cityscapes``) writes the same scenes as the COCO layout::
@@ -8,7 +8,7 @@
     root/gtFine/{train,val}/shapes/shapes_000000_<index:06d>_gtFine_polygons.json
 
 - Pixels: the COCO layout's JPEG, decoded and stored as PNG (identical pixels in both layouts).
-- Classes: shape class ``i`` (``synthetic.CATEGORIES[i]``: disc, triangle, rectangle, star,
+- Classes: shape class ``i`` (``scenes.CATEGORIES[i]``: disc, triangle, rectangle, star,
   ring, cross, crescent, frame) becomes the ``i``-th Cityscapes thing class by label id
   (person 24, rider 25, car 26, truck 27, bus 28, train 31, motorcycle 32, bicycle 33), so
   the official script can score them; metrics named ``cityscapes/AP/person`` are the discs'.
@@ -36,7 +36,8 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from PIL import Image
 
 from datamodules.cityscapes import INSTANCE_ID_DIVISOR, cityscapes_categories
-from datamodules.synthetic import CATEGORIES, JPEG_QUALITY, Scene, render_indexed
+from datamodules.coco_writer import encode_jpeg
+from datamodules.scenes import CATEGORIES, Scene, render_indexed
 
 CITY = "shapes"
 # shape class i -> Cityscapes label id of the i-th thing class
@@ -136,9 +137,8 @@ def encode_cityscapes_image(job: tuple[str, int, int]) -> tuple[bytes, bytes, st
     """Image ``index`` of ``split``: (leftImg8bit PNG, instanceIds PNG, polygons JSON)."""
     split, index, seed = job
     scene = render_indexed(split, index, seed)
-    jpeg = io.BytesIO()
-    Image.fromarray(scene.image).save(jpeg, format="JPEG", quality=JPEG_QUALITY)
-    pixels = np.asarray(Image.open(jpeg).convert("RGB"))  # the COCO layout's pixels
+    jpeg = io.BytesIO(encode_jpeg(scene.image))
+    pixels = np.asarray(Image.open(jpeg).convert("RGB"))  # (H, W, 3): the COCO layout's pixels
     return _png(pixels), _png(instance_id_map(scene)), json.dumps(polygons_json(scene))
 
 

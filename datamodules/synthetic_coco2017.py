@@ -1,4 +1,4 @@
-"""The synthetic shapes scenes written in the COCO 2017 layout, with COCO's 80 categories.
+"""The COCO 2017 layout of the synthetic shapes scenes: its folders, files and 80 categories.
 
 ``generate_shapes(root, ..., layout="coco2017")`` (CLI: ``python -m datamodules.synthetic
 --layout coco2017``) writes the same scenes as the default layout, in the folders and files
@@ -18,7 +18,7 @@ that the paper configuration (``conf/data/coco.yaml``) reads under ``data.root``
   ["categories"]`` (91 entries indexed by category id, ``__background__`` at 0 and ``N/A``
   at the unused ids; reading it downloads nothing). Supercategories are COCO's 12, from
   ``SUPERCATEGORY_SPANS``.
-- Shape class ``i`` (``synthetic.CATEGORIES[i]``) is annotated as ``SHAPE_CATEGORY_IDS[i]``:
+- Shape class ``i`` (``scenes.CATEGORIES[i]``) is annotated as ``SHAPE_CATEGORY_IDS[i]``:
   disc 1 (person), triangle 13 (stop sign), rectangle 27 (backpack), star 46 (wine glass),
   ring 67 (dining table), cross 72 (tv), crescent 84 (book), frame 90 (toothbrush). Each id
   after the first follows an unused id or is the last, so code that takes ids for dense
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
-from datamodules.synthetic import CocoFiles
+from datamodules.coco_writer import CocoFiles
 
 # COCO 2017's supercategories as inclusive category-id spans: (name, first id, last id).
 SUPERCATEGORY_SPANS: tuple[tuple[str, int, int], ...] = (
@@ -46,7 +46,7 @@ SUPERCATEGORY_SPANS: tuple[tuple[str, int, int], ...] = (
     ("appliance", 78, 82),
     ("indoor", 84, 90),
 )
-# shape class i (synthetic.CATEGORIES[i]) -> COCO category id (CocoFiles checks them)
+# shape class i (scenes.CATEGORIES[i]) -> COCO category id (CocoFiles checks them)
 SHAPE_CATEGORY_IDS: tuple[int, ...] = (1, 13, 27, 46, 67, 72, 84, 90)
 NUM_COCO_CATEGORIES = 80
 _NOT_A_CATEGORY = ("__background__", "N/A")

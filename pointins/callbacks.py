@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
-from datamodules.preview import denormalize
+from pointins.visualize import denormalize
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """The synthetic shapes dataset: determinism, reuse, COCO validity and the properties that
-make it a real problem (area ranges, occlusion, holes, empty images, varied sizes)."""
+make it a real problem (area ranges, occlusion, holes, empty images, varied sizes), and
+the atomic publishing of its folder."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from datamodules import synthetic
-from datamodules.synthetic import (
+from datamodules.coco_writer import dataset_stats
+from datamodules.publish import MARKER, publish
+from datamodules.scenes import (
     CATEGORIES,
+    CROWD_AT,
+    EMPTY_AT,
+    MAX_SIDE,
+    MIN_SIDE,
     MIN_VISIBLE_FRACTION,
     MIN_VISIBLE_PIXELS,
-    generate_shapes,
+    iter_scenes,
+    render_indexed,
     render_scene,
 )
+from datamodules.synthetic import generate_shapes
 
 # pycocotools' decode trips a numpy-2 DeprecationWarning on every annToMask; not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -95,9 +104,9 @@ def test_deterministic_and_independent_of_workers(root: Path, tmp_path: Path) ->
 
 
 def test_seed_changes_images(root: Path) -> None:
-    a = synthetic.render_indexed("train", 0, 0).image
-    b = synthetic.render_indexed("train", 0, 1).image
-    c = synthetic.render_indexed("val", 0, 0).image
+    a = render_indexed("train", 0, 0).image
+    b = render_indexed("train", 0, 1).image
+    c = render_indexed("val", 0, 0).image
     assert a.shape != b.shape or not np.array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
 
@@ -196,8 +205,8 @@ def test_sizes_and_aspect_ratios_vary(cocos: dict[str, COCO]) -> None:
     aspects = np.array([img["width"] / img["height"] for img in images])
     sides = np.array([s for size in sizes for s in size])
     assert len(sizes) >= len(images) // 2
-    assert sides.min() >= synthetic.MIN_SIDE
-    assert sides.max() <= synthetic.MAX_SIDE
+    assert sides.min() >= MIN_SIDE
+    assert sides.max() <= MAX_SIDE
     assert aspects.min() < 0.8
     assert aspects.max() > 1.25
     assert aspects.min() >= 0.49
@@ -213,7 +222,7 @@ def test_holed_shapes_exist(cocos: dict[str, COCO]) -> None:
 
 
 def test_occlusion_happened(root: Path) -> None:
-    stats = synthetic.dataset_stats(root)
+    stats = dataset_stats(root)
     for split in SPLITS:
         s = stats[split]
         assert s["occluded"] > 0, split
@@ -249,10 +258,10 @@ def test_render_scene_contract() -> None:
 
 
 def test_iter_scenes_follows_the_schedule() -> None:
-    scenes = dict(synthetic.iter_scenes("val", 6, seed=3))
+    scenes = dict(iter_scenes("val", 6, seed=3))
     assert list(scenes) == list(range(6))
-    assert scenes[synthetic.EMPTY_AT].labels == []
-    assert any(scenes[synthetic.CROWD_AT].iscrowd)
+    assert scenes[EMPTY_AT].labels == []
+    assert any(scenes[CROWD_AT].iscrowd)
 
 
 def test_cli_prints_statistics(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -261,3 +270,29 @@ def test_cli_prints_statistics(root: Path, capsys: pytest.CaptureFixture[str]) -
     assert str(root) in out
     for word in ("train", "val", "empty", "small", "medium", "large", "dropped", "occluded"):
         assert word in out
+
+
+def test_publish_keeps_the_folder_another_process_published_first(tmp_path: Path) -> None:
+    root, marker = tmp_path / "data", {"dataset": "a"}
+
+    def write(tmp: Path) -> None:
+        (tmp / "file").write_text("mine")
+        publish(root, marker, lambda other: (other / "file").write_text("theirs"))
+
+    assert publish(root, marker, write) == root
+    assert (root / "file").read_text() == "theirs"
+    assert json.loads((root / MARKER).read_text()) == marker
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temporary folder left
+    other = tmp_path / "other"  # published meanwhile, but with another marker
+    with pytest.raises(FileExistsError, match=str(other)):
+        publish(other, {"dataset": "b"}, lambda tmp: publish(other, marker, lambda _: None))
+
+
+def test_interrupted_publish_leaves_nothing(tmp_path: Path) -> None:
+    def write(tmp: Path) -> None:
+        (tmp / "half").write_text("written")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(tmp_path / "data", {"dataset": "a"}, write)
+    assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 from datamodules.cityscapes import CityscapesInstanceDataset
 from datamodules.coco import CocoInstanceDataset
-from datamodules.synthetic import CATEGORIES, CROWD_AT, generate_shapes, render_indexed
+from datamodules.scenes import CATEGORIES, CROWD_AT, render_indexed
+from datamodules.synthetic import generate_shapes
 from datamodules.synthetic import main as synthetic_main
 from datamodules.synthetic_cityscapes import (
     BACKGROUND_ID,

@@ -15,7 +15,9 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from datamodules.coco import CocoDataModule, CocoInstanceDataset
-from datamodules.synthetic import CATEGORIES, CocoFiles, generate_shapes
+from datamodules.coco_writer import CocoFiles
+from datamodules.scenes import CATEGORIES
+from datamodules.synthetic import generate_shapes
 from datamodules.synthetic import main as synthetic_main
 from datamodules.synthetic_coco2017 import (
     COCO2017_CATEGORIES,
