@@ -4,6 +4,8 @@ outputs, the gradients nor the checkpoint keys."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,3 +70,29 @@ def test_compiled_network_matches_eager(compose_cfg, detector):
     for p_out, p_ref in grads:
         if p_ref.grad is not None:
             torch.testing.assert_close(p_out.grad, p_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_building_the_network_imports_no_lightning():
+    """``pointins.model`` (the network and ``build_model``) is usable without Lightning:
+    exporting or embedding a model does not pull in the training stack."""
+    code = (
+        "import sys, pointins.model, pointins.detectors, pointins.mask; "
+        "print(sorted(m for m in sys.modules if 'lightning' in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos", "atss"])
+def test_losses_read_as_detector_sampler_mask(compose_cfg, detector):
+    """Every detector feeds the mask module through the same seam: the detector's state,
+    its anchor condition and the query sampler; the mask loss is part of the total."""
+    model = _tiny(compose_cfg, detector)
+    images, targets = _batch()
+    losses = model.losses(images, targets, torch.Generator().manual_seed(1))
+    assert "loss_mask" in losses and all(torch.isfinite(v) for v in losses.values())
+    _, state = model.detector.forward_train(model.features(images), targets)
+    anchor_gt = model.detector.mask_anchor_condition(state, model.sampler.anchor_iou)
+    queries, mask_gt = model.sampler(state, anchor_gt, [t["masks"] for t in targets], 16)
+    assert len(queries) > 0 and mask_gt.shape == (len(queries), 16, 16)
+    assert not state.pred_boxes.requires_grad
