@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from pointins.structures import Batch, pad_images
 
-@dataclass
-class Batch:
-    """A batch of images and their targets.
-
-    Lightning moves it to the device field by field (``apply_to_collection`` recurses
-    into dataclasses); ``pin_memory`` lets the DataLoader pin it.
-    """
-
-    images: Tensor  # (B, 3, Hp, Wp) float, normalised, zero-padded bottom/right
-    image_sizes: list[tuple[int, int]]  # (h, w) after transforms, before padding
-    orig_sizes: list[tuple[int, int]]  # (H0, W0) of the image files
-    image_ids: list[int]  # dataset (COCO) image ids
-    targets: list[dict[str, Tensor]]  # "boxes" (n, 4) xyxy, "labels" (n,), "masks" (n, h, w)
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def pin_memory(self) -> Batch:
-        """A copy whose tensors live in pinned host memory."""
-        return Batch(
-            images=self.images.pin_memory(),
-            image_sizes=self.image_sizes,
-            orig_sizes=self.orig_sizes,
-            image_ids=self.image_ids,
-            targets=[{k: v.pin_memory() for k, v in t.items()} for t in self.targets],
-        )
-
-
-def pad_images(images: Sequence[Tensor], size_divisibility: int) -> Tensor:
-    """Stack (3, h, w) images into (B, 3, Hp, Wp), zero-padded bottom/right to a multiple."""
-    height = math.ceil(max(img.shape[-2] for img in images) / size_divisibility)
-    width = math.ceil(max(img.shape[-1] for img in images) / size_divisibility)
-    first = images[0]
-    padded = torch.zeros(
-        (len(images), first.shape[0], height * size_divisibility, width * size_divisibility),
-        dtype=first.dtype,
-        device=first.device,
-    )
-    for img, slot in zip(images, padded, strict=True):
-        slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
-    return padded
+__all__ = ["Batch", "Collate", "pad_images"]
 
 
 class Collate:

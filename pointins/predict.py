@@ -31,10 +31,10 @@ from torchvision.ops import box_convert
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from tqdm import tqdm
 
-from datamodules.collate import pad_images
-from datamodules.preview import draw_instances
 from pointins.evaluation.coco import encode_masks
 from pointins.model import PointINS
+from pointins.structures import pad_images
+from pointins.visualize import draw_instances
 
 log = logging.getLogger(__name__)
 
