@@ -1,10 +1,13 @@
-"""Train PointINS.
+"""Train PointINS (or a torchvision baseline: ``baseline=fcos|retinanet|maskrcnn``).
 
 python train.py                                   # paper baseline: COCO, RetinaNet R50 1x,
                                                   # from ImageNet weights
 python train.py detector=fcos backbone=r101
 python train.py experiment=shapes                 # CPU demo on the embedded data
 python train.py -m ablation=iz_inputs             # one table of the paper
+python train.py experiment=shapes baseline=maskrcnn trainer.max_time=00:00:15:48
+                                                  # torchvision's Mask R-CNN (or fcos,
+                                                  # retinanet), same loop, 15:48 budget
 python train.py hydra.run.dir=runs/coco_r50      # rerun the same: continues from the
                                                   # folder's newest checkpoint (resume=auto)
 python train.py ckpt_path=outputs/.../last.ckpt   # a new run from another run's checkpoint

@@ -16,7 +16,7 @@ the gap between the two columns is what the mask module (not the box, not the ou
 resolution) loses. Rows are the FPN levels the detections came from, which for RetinaNet
 and FCOS is object size. ``--picture`` writes, for detections from P5 and up, the image
 crop beside an overlay: green where prediction and GT agree, red predicted only, blue GT
-only. Trailing arguments are Hydra overrides, as in ``benchmarks.torchvision_baseline``.
+only. Trailing arguments are Hydra overrides of ``conf/train.yaml``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from benchmarks.torchvision_baseline import compose_config
+from benchmarks.config import compose_config
 from pointins.mask.paste import paste_masks
 from pointins.mask.sampling import mask_targets
 from pointins.model import queries_from_detections

@@ -9,7 +9,7 @@ total device time (CPU time on the CPU) with PointINS's stages labelled ``pi::..
 (backbone + FPN, detector head, assignment, losses, sampling, mask module, mask targets,
 paste), the ops by self CPU time, and the calls that make the host wait for the GPU
 (``cudaStreamSynchronize``, ``nonzero``...). Models, sizes and overrides are those of
-``benchmarks.bench``.
+``benchmarks.bench`` (:mod:`benchmarks.cases`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import pointins.model as pointins_model
-from benchmarks import bench
+from benchmarks import bench, cases, measure
 
 #: module-level functions of ``pointins.model`` labelled in the tables
 _FUNCTIONS = ("sample_queries", "mask_targets", "mask_loss", "paste_masks")
@@ -87,17 +87,17 @@ def main(argv: Sequence[str] | None = None) -> str:
     own, rest = parse_args(argv)
     args = bench.parse_args(rest)
     device = torch.device(args.device)
-    cfg = bench.recipe(args, bench.MODEL_OVERRIDES.get(own.model, []))
+    cfg = cases.recipe(args, cases.MODEL_OVERRIDES.get(own.model, []))
     batch_size = int(cfg.data.batch_size) if own.train else args.batch_size
-    batch, class_names = bench.sample_batch(cfg, own.train, batch_size)
+    batch, class_names = cases.sample_batch(cfg, own.train, batch_size)
     torch.manual_seed(0)
-    model = bench.build(own.model, cfg, len(class_names), args.detections).to(device)
+    model = cases.build(own.model, cfg, len(class_names), args.detections).to(device)
     model.train(own.train)
-    batch = bench._to(batch, device)
+    batch = measure.to_device(batch, device)
     call = (
-        bench.training_fn(own.model, model, batch)
+        cases.training_fn(own.model, model, batch)
         if own.train
-        else bench.inference_fn(own.model, model, batch)
+        else cases.inference_fn(own.model, model, batch)
     )
     autocast = torch.autocast(device.type, enabled=args.amp)
 
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         with autocast, torch.set_grad_enabled(own.train):
             call()
 
-    timing = bench.measure(run, device, args.warmup, args.repeats)
+    timing = measure.measure(run, device, args.warmup, args.repeats)
     what = "training step" if own.train else "inference call"
     print(
         f"{own.model}, {what}, batch {batch_size}, {'autocast' if args.amp else 'fp32'}: "
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     with labelled_stages(model), profile(activities=activities) as prof:
         for _ in range(own.steps):
             run()
-        bench._sync(device)
+        measure.sync(device)
     events = prof.key_averages()
     key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
     lines = [

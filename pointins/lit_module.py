@@ -1,4 +1,5 @@
-"""LightningModule: builds PointINS from its config groups, trains, evaluates, logs."""
+"""LightningModules: the training, evaluation and optimisation every detector here shares
+(:class:`DetectionModule`), and PointINS built from its config groups (:class:`PointINSModule`)."""
 
 from __future__ import annotations
 
@@ -22,81 +23,45 @@ from pointins.schedules import milestones_past_the_end, scale_to_batch
 log = logging.getLogger(__name__)
 
 
-def _plain(cfg: Any) -> Any:
+def plain(cfg: Any) -> Any:
     """DictConfig/ListConfig -> plain containers (checkpoints stay loadable weights-only)."""
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
-class PointINSModule(pl.LightningModule):
-    """Training, validation (COCO/Cityscapes evaluator of the datamodule) and optimisation.
+class DetectionModule(pl.LightningModule):
+    """Training step, validation with the datamodule's evaluator (COCO/Cityscapes), metric
+    and per-class table logging, and the optimiser with its batch-scaled learning rate,
+    warm-up and schedule: what PointINS and the torchvision baselines
+    (:mod:`pointins.baselines`) share, so that they train and score alike.
+
+    A subclass builds ``self.model``, an ``nn.Module`` with
+    ``predict(images, image_sizes, orig_sizes) -> [{boxes, scores, labels[, masks]}]``
+    (detections in original-image pixels), implements :meth:`step_losses`, and saves
+    hyper-parameters with an ``optim`` entry (``optimizer``, ``scheduler``, and for
+    ``auto_scale_lr`` the ``reference_batch``).
 
     Args:
-        backbone, neck, detector, mask: the Hydra config groups of the same names
-            (``mask=None``: the plain detector).
-        optim: ``optimizer`` and ``scheduler`` partial configs, and ``max_epochs``.
         class_names: from the dataset's annotation file, in training-label order.
         category_ids: the dataset's category id of each label (for prediction files
             written without the dataset); ``None`` in older checkpoints.
-        det_weight: λ_det of §3.4 (λ_mask is ``mask.loss_weight``).
-        init_from: checkpoint to initialise from (e.g. COCO -> Cityscapes); tensors whose
-            shape differs (class logits) are skipped, and both lists are logged.
-        compile: ``torch.compile`` the convolutional network (see
-            :meth:`PointINS.compile_network`); checkpoints are the same either way.
     """
 
-    def __init__(
-        self,
-        backbone: Mapping,
-        neck: Mapping,
-        detector: Mapping,
-        mask: Mapping | None,
-        optim: Mapping,
-        class_names: list[str],
-        category_ids: list[int] | None = None,
-        det_weight: float = 1.0,
-        init_from: str | None = None,
-        compile: bool = False,
-    ) -> None:
+    def __init__(self, class_names: list[str], category_ids: list[int] | None = None) -> None:
         super().__init__()
-        hparams = {
-            "backbone": _plain(backbone),
-            "neck": _plain(neck),
-            "detector": _plain(detector),
-            "mask": _plain(mask),
-            "optim": _plain(optim),
-            "class_names": list(class_names),
-            "category_ids": None if category_ids is None else [int(c) for c in category_ids],
-            "det_weight": det_weight,
-            "init_from": init_from,
-            "compile": compile,
-        }
         self.class_names = list(class_names)
-        self.category_ids = hparams["category_ids"]
-        self.model = build_model(
-            hparams["backbone"],
-            hparams["neck"],
-            hparams["detector"],
-            hparams["mask"],
-            len(self.class_names),
-            det_weight,
-        )
-        # the normalisation actually built (norm=auto depends on the weights): a checkpoint
-        # rebuilt without the ImageNet weights gets the same layers
-        hparams["backbone"] = {**hparams["backbone"], "norm": self.model.backbone.norm}
-        # in the checkpoint, not in the loggers: train.py logs the whole resolved config
-        self.save_hyperparameters(hparams, logger=False)
-        if init_from is not None:
-            init_from_checkpoint(self, init_from)  # logs what was loaded and re-initialised
-        if compile:
-            self.model.compile_network()  # after loading: compiling is lazy, names unchanged
+        self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
         self.evaluator = None
         self.validated_at_step: int | None = None  # global step of the last evaluation
 
+    def step_losses(self, batch) -> dict[str, torch.Tensor]:
+        """The named loss terms of one training batch (their sum is minimised)."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        losses = self.model.losses(batch.images, batch.targets, self._step_generator())
+        losses = self.step_losses(batch)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -110,12 +75,6 @@ class PointINSModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs)
         return loss
-
-    def _step_generator(self) -> torch.Generator:
-        """RNG of this step's mask sampling: a function of (seed, step), so that a resumed
-        run samples exactly what the uninterrupted run would have."""
-        seed = (torch.initial_seed() * 1_000_003 + self.global_step) % 2**63
-        return torch.Generator(device=self.device).manual_seed(seed)
 
     # --------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -212,3 +171,85 @@ class PointINSModule(pl.LightningModule):
         for logger in trainer.loggers:
             logger.log_hyperparams(scaled)
         return scaled_lr, scaled_warmup
+
+
+class PointINSModule(DetectionModule):
+    """PointINS (:func:`pointins.model.build_model`) trained, validated and optimised by
+    :class:`DetectionModule`.
+
+    Args:
+        backbone, neck, detector, mask: the Hydra config groups of the same names
+            (``mask=None``: the plain detector).
+        optim: ``optimizer`` and ``scheduler`` partial configs, and ``max_epochs``.
+        class_names: from the dataset's annotation file, in training-label order.
+        category_ids: the dataset's category id of each label (for prediction files
+            written without the dataset); ``None`` in older checkpoints.
+        det_weight: λ_det of §3.4 (λ_mask is ``mask.loss_weight``).
+        init_from: checkpoint to initialise from (e.g. COCO -> Cityscapes); tensors whose
+            shape differs (class logits) are skipped, and both lists are logged.
+        compile: ``torch.compile`` the convolutional network (see
+            :meth:`PointINS.compile_network`); checkpoints are the same either way.
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping,
+        neck: Mapping,
+        detector: Mapping,
+        mask: Mapping | None,
+        optim: Mapping,
+        class_names: list[str],
+        category_ids: list[int] | None = None,
+        det_weight: float = 1.0,
+        init_from: str | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(class_names, category_ids)
+        hparams = {
+            "backbone": plain(backbone),
+            "neck": plain(neck),
+            "detector": plain(detector),
+            "mask": plain(mask),
+            "optim": plain(optim),
+            "class_names": list(class_names),
+            "category_ids": self.category_ids,
+            "det_weight": det_weight,
+            "init_from": init_from,
+            "compile": compile,
+        }
+        self.model = build_model(
+            hparams["backbone"],
+            hparams["neck"],
+            hparams["detector"],
+            hparams["mask"],
+            len(self.class_names),
+            det_weight,
+        )
+        # the normalisation actually built (norm=auto depends on the weights): a checkpoint
+        # rebuilt without the ImageNet weights gets the same layers
+        hparams["backbone"] = {**hparams["backbone"], "norm": self.model.backbone.norm}
+        # in the checkpoint, not in the loggers: train.py logs the whole resolved config
+        self.save_hyperparameters(hparams, logger=False)
+        if init_from is not None:
+            init_from_checkpoint(self, init_from)  # logs what was loaded and re-initialised
+        if compile:
+            self.model.compile_network()  # after loading: compiling is lazy, names unchanged
+
+    def step_losses(self, batch) -> dict[str, torch.Tensor]:
+        return self.model.losses(batch.images, batch.targets, self._step_generator())
+
+    def _step_generator(self) -> torch.Generator:
+        """RNG of this step's mask sampling: a function of (seed, step), so that a resumed
+        run samples exactly what the uninterrupted run would have."""
+        seed = (torch.initial_seed() * 1_000_003 + self.global_step) % 2**63
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def module_class(hparams: Mapping[str, Any]) -> type[DetectionModule]:
+    """The LightningModule class that wrote a checkpoint with these hyper-parameters
+    (``checkpoint["hyper_parameters"]``): a torchvision baseline's record its ``baseline``."""
+    if "baseline" in hparams:
+        from pointins.baselines import TorchvisionModule
+
+        return TorchvisionModule
+    return PointINSModule

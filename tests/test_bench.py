@@ -1,4 +1,5 @@
-"""``make bench``: the benchmark measures what it says, end to end on a tiny setting."""
+"""``make bench``: the benchmark measures what it says, end to end on a tiny setting
+(:mod:`benchmarks.measure`, :mod:`benchmarks.cases`, :mod:`benchmarks.report`, the CLI)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import bench
+from benchmarks import bench, cases, measure
 
 TINY = [
     "--size",
@@ -39,7 +40,7 @@ TINY = [
 
 def test_measure_reports_the_median_and_counts_every_call() -> None:
     calls = []
-    result = bench.measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
+    result = measure.measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=5)
     assert len(calls) == 8 and len(result["times"]) == 5  # and one for the memory peak
     assert result["seconds"] == sorted(result["times"])[2]
 
@@ -57,7 +58,7 @@ def test_tensor_peak_is_the_most_held_at_once_over_the_start() -> None:
         c = torch.ones(6 * mib)  # 6 MiB
         del c
 
-    assert bench.tensor_peak_mib(work, torch.device("cpu")) == pytest.approx(8.0, abs=0.01)
+    assert measure.tensor_peak_mib(work, torch.device("cpu")) == pytest.approx(8.0, abs=0.01)
 
 
 @pytest.mark.slow
@@ -91,19 +92,20 @@ def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
 
 def test_cpu_cases_get_a_fresh_process_and_cuda_cases_share_one() -> None:
     # the CPU's peak resident set is process-wide; CUDA's peak statistics reset per case
-    assert bench.case_runner("cpu") is bench.in_fresh_process
-    assert bench.case_runner("cuda") is bench.in_this_process
-    assert bench.case_runner("cuda:0") is bench.in_this_process
+    assert measure.case_runner("cpu") is measure.in_fresh_process
+    assert measure.case_runner("cuda") is measure.in_this_process
+    assert measure.case_runner("cuda:0") is measure.in_this_process
+    assert measure.in_this_process(divmod, 7, 3) == (2, 1)
 
 
 def test_loader_case_reads_past_the_end_of_a_small_dataset() -> None:
-    batches = bench._epochs([["a"], ["b", "c"]])
+    batches = measure.epochs([["a"], ["b", "c"]])
     assert [next(batches) for _ in range(5)] == [["a"], ["b", "c"], ["a"], ["b", "c"], ["a"]]
 
 
 def test_only_keeps_the_chosen_kinds() -> None:
-    cases = bench.plan(bench.parse_args([*TINY, "--only", "loader", "eval_memory"]))
-    assert [c["kind"] for c in cases] == ["loader", "eval_memory"]
+    planned = cases.plan(bench.parse_args([*TINY, "--only", "loader", "eval_memory"]))
+    assert [c["kind"] for c in planned] == ["loader", "eval_memory"]
     with pytest.raises(SystemExit):  # argparse names the choices
         bench.parse_args([*TINY, "--only", "inference"])
 

@@ -1,44 +1,61 @@
-"""The torchvision baseline: same data in, same evaluator out, labels and coordinates right."""
+"""The torchvision baselines: same data in, same evaluator out, labels and coordinates
+right, and trained by the same Trainer, module code and schedule as PointINS."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+from pytorch_lightning.callbacks import Callback
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from benchmarks.torchvision_baseline import (
+import train as train_entry
+from pointins.baselines import (
+    BASELINES,
     RESERVES_BACKGROUND,
     IdentityTransform,
-    WallClockSchedule,
-    autocast_for,
-    build_model,
-    build_optimizer,
-    decay_fractions,
-    evaluate,
-    main,
+    TorchvisionDetector,
+    TorchvisionModule,
+    build_torchvision,
     rescale_predictions,
     to_torchvision_images,
     to_torchvision_targets,
-    train_for,
 )
-from datamodules.collate import Batch, pad_images
+from pointins.lit_module import DetectionModule, PointINSModule, module_class
+from pointins.runner import build_datamodule, build_trainer
+from pointins.structures import Batch, pad_images
 
-TINY = [
-    "data.num_train=6",
+DATA = [
+    "experiment=shapes",
+    "data.num_train=8",
     "data.num_val=2",
-    "data.train_scales=[64]",
-    "data.test_scale=64",
-    "data.max_size=96",
+    "data.train_scales=[96]",
+    "data.test_scale=96",
+    "data.max_size=128",
     "data.num_workers=0",
     "data.batch_size=2",
     "data.val_batch_size=2",
+]
+# A model small enough to train a few steps on CPU in seconds; the recipe's width of 64
+# (GroupNorm(32) needs 2 channels per group at P7's 1×1 of these small images).
+TINY = [
+    *DATA,
+    "model.detector.head.num_convs=1",
+    "optim.scheduler.warmup_steps=2",
+    "optim.max_epochs=2",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "logger=csv",
+    "callbacks.progress_bar.refresh_rate=0",
 ]
 
 
@@ -48,8 +65,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("baseline_data")
 
 
-def tiny_cfg(compose_cfg: Callable, data_dir: Path):
-    return compose_cfg(["experiment=shapes", *TINY, f"paths.data_dir={data_dir}"])
+def tiny_cfg(compose_cfg: Callable, data_dir: Path, extra: list[str] | None = None):
+    return compose_cfg([*TINY, f"paths.data_dir={data_dir}", *(extra or [])])
+
+
+def model_parts(cfg) -> dict:
+    return OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def hand_batch() -> Batch:
@@ -152,115 +173,200 @@ def test_rescale_predictions_equals_torchvision_postprocess() -> None:
     assert torch.equal(out["labels"], expected["labels"] - 1)
 
 
-def test_wall_clock_schedule_warms_up_then_decays_at_budget_fractions(
-    compose_cfg: Callable, data_dir: Path
-) -> None:
-    cfg = tiny_cfg(compose_cfg, data_dir)
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    recipe = [m / optim["max_epochs"] for m in optim["scheduler"]["milestones"]]
-    assert decay_fractions(optim) == pytest.approx(recipe)  # follows the recipe
-    one_x = {"scheduler": {"unit": "epoch", "milestones": [8, 11]}, "max_epochs": 12}
-    assert decay_fractions(one_x) == pytest.approx([8 / 12, 11 / 12])
-    assert decay_fractions({"scheduler": {"unit": "step", "milestones": [5]}}) == [0.7, 0.9]
-    s = WallClockSchedule(seconds=100, decay_at=(0.7, 0.9), warmup_steps=10, warmup_factor=0.001)
-    assert s.factor(0, 0.0) == pytest.approx(0.001)
-    assert s.factor(5, 1.0) == pytest.approx(0.5005)
-    assert s.factor(10, 69.9) == 1.0
-    assert s.factor(10, 70.0) == pytest.approx(0.1)
-    assert s.factor(10, 95.0) == pytest.approx(0.01)
-
-
 def test_models_follow_the_recipe(compose_cfg: Callable, data_dir: Path) -> None:
     cfg = tiny_cfg(compose_cfg, data_dir)
-    width, convs = cfg.model.neck.out_channels, cfg.model.detector.num_convs
-    fcos = build_model("fcos", cfg, num_classes=8)
+    parts = model_parts(cfg)
+    width, convs = cfg.model.neck.out_channels, cfg.model.detector.head.num_convs
+
+    def build(name: str):
+        return build_torchvision(name, parts["backbone"], parts["neck"], parts["detector"], 8)
+
+    fcos = build("fcos")
     assert isinstance(fcos.transform, IdentityTransform)
     assert fcos.backbone.strides == [8, 16, 32, 64, 128] and fcos.backbone.out_channels == width
     assert fcos.head.classification_head.num_classes == 8
     assert len(fcos.head.classification_head.conv) == 3 * convs  # conv, GN, ReLU per layer
     assert fcos.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
-    retina = build_model("retinanet", cfg, num_classes=8)
+    prior = cfg.model.detector.head.prior_prob
+    bias = fcos.head.classification_head.cls_logits.bias
+    assert torch.sigmoid(bias).tolist() == pytest.approx([prior] * 8)
+    post = cfg.model.detector.postprocess
+    assert (fcos.score_thresh, fcos.nms_thresh) == (post.score_thresh, post.nms_thresh)
+    assert (fcos.detections_per_img, fcos.topk_candidates) == (
+        post.detections_per_img,
+        post.topk_candidates,
+    )
+    retina = build("retinanet")
     assert retina.head.classification_head.num_classes == 8
     assert len(retina.head.classification_head.conv) == convs
     # the recipe's tower normalisation (GroupNorm in experiment=shapes) is torchvision's too
     has_gn = any(isinstance(m, torch.nn.GroupNorm) for m in retina.head.modules())
-    assert has_gn == bool(cfg.model.detector.group_norm)
+    assert has_gn == bool(cfg.model.detector.head.group_norm)
     assert retina.anchor_generator.num_anchors_per_location() == [9] * 5
     octave = (32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3))
     assert retina.anchor_generator.sizes[0] == pytest.approx(octave)
-    mask_rcnn = build_model("maskrcnn", cfg, num_classes=8)
+    mask_rcnn = build("maskrcnn")
     assert mask_rcnn.roi_heads.box_predictor.cls_score.out_features == 9  # + background
     assert mask_rcnn.roi_heads.box_head.fc7.out_features == width
     assert mask_rcnn.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 9
     assert mask_rcnn.roi_heads.box_roi_pool.featmap_names == ["p3", "p4", "p5", "p6"]
+    assert mask_rcnn.roi_heads.score_thresh == post.score_thresh
     assert type(mask_rcnn.backbone.body) is type(instantiate(cfg.model.backbone))
+    with pytest.raises(ValueError, match="baseline='yolo'"):
+        build("yolo")
 
 
-@pytest.mark.parametrize("name", ["fcos", "retinanet", "maskrcnn"])
-def test_one_step_then_evaluation_gives_the_metrics(
-    name: str, compose_cfg: Callable, data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("name", BASELINES)
+def test_baseline_option_selects_the_module_and_its_monitor(compose_cfg, name: str) -> None:
+    cfg = compose_cfg(["experiment=shapes", f"baseline={name}"])
+    assert cfg.model._target_ == "pointins.baselines.TorchvisionModule"
+    assert cfg.model.baseline == name and cfg.model.mask is None
+    assert cfg.monitor == ("segm/AP" if name == "maskrcnn" else "bbox/AP")
+    choices = cfg.hydra.runtime.choices
+    assert choices.detector == {"fcos": "fcos", "retinanet": "retinanet"}.get(name, "fcos")
+    # the shapes recipe's towers, optimiser and precision, as PointINS gets them
+    pointins = compose_cfg(["experiment=shapes"])
+    assert cfg.model.detector.head.conv_dim == pointins.model.detector.head.conv_dim == 64
+    assert cfg.optim.optimizer == pointins.optim.optimizer
+    assert cfg.trainer.precision == pointins.trainer.precision
+    assert cfg.trainer.max_time is None
+
+
+def test_unknown_baseline_is_a_clear_error(compose_cfg) -> None:
+    with pytest.raises(HydraException, match="baseline"):
+        compose_cfg(["baseline=yolo"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("mask=pointins_small", r"baseline=fcos with a PointINS mask module \(model.mask"),
+        ("model.det_weight=2", "model.det_weight=2"),
+        ("model.compile=true", "model.compile=true"),
+        ("model.detector.head.checkpoint_towers=true", "model.detector.head.checkpoint_towers"),
+        ("model.detector.head.conv_dim=32", "model.detector.head.conv_dim=32 differs"),
+    ],
+)
+def test_pointins_only_options_are_clear_errors(
+    compose_cfg, data_dir: Path, override: str, message: str
+) -> None:
+    cfg = tiny_cfg(compose_cfg, data_dir, ["baseline=fcos", override])
+    with pytest.raises(InstantiationException, match=message):  # train.py's instantiate
+        instantiate(cfg.model, optim=cfg.optim, class_names=["a", "b"], _recursive_=False)
+
+
+def test_wrapper_losses_need_training_mode_and_predict_keeps_the_mode(
+    compose_cfg, data_dir: Path
+) -> None:
+    parts = model_parts(tiny_cfg(compose_cfg, data_dir))
+    net = build_torchvision("maskrcnn", parts["backbone"], parts["neck"], parts["detector"], 8)
+    model = TorchvisionDetector("maskrcnn", net)
+    batch = hand_batch()
+    model.train()
+    losses = model.losses(batch.images, batch.image_sizes, batch.targets)
+    assert {"loss_classifier", "loss_mask", "loss_objectness"} <= losses.keys()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    predictions = model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
+    assert model.training and net.training  # the mode it found
+    for pred, (h0, w0) in zip(predictions, batch.orig_sizes, strict=True):
+        assert pred["masks"].shape[1:] == (h0, w0) and pred["masks"].dtype == torch.bool
+        assert bool((pred["labels"] >= 0).all()) and bool((pred["labels"] < 8).all())
+    model.eval()
+    with pytest.raises(RuntimeError, match="training mode"):
+        model.losses(batch.images, batch.image_sizes, batch.targets)
+
+
+class _Schedule(Callback):
+    """The learning rate of every optimiser step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.fixture
+def run(compose_cfg, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """run(name, extra_overrides) -> (cfg, metrics, output_dir, lrs): ``train.py``'s
+    ``train`` with the tiny config, recording the learning rate of each step."""
+
+    def _run(name: str, extra: list[str] | None = None):
+        out = tmp_path / name
+        cfg = tiny_cfg(compose_cfg, data_dir, extra)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out)
+            del cfg.hydra
+        schedule = _Schedule()
+
+        def with_schedule(cfg, logger_kwargs=None, **overrides):
+            trainer = build_trainer(cfg, logger_kwargs, **overrides)
+            trainer.callbacks.append(schedule)
+            return trainer
+
+        monkeypatch.setattr(train_entry, "build_trainer", with_schedule)
+        metrics = train_entry.train(cfg)
+        return cfg, metrics, out, schedule.lrs
+
+    return _run
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_each_baseline_trains_through_the_trainer_and_scores_with_the_evaluator(
+    run, name: str, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    cfg = tiny_cfg(compose_cfg, data_dir)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    model = build_model(name, cfg, dm.num_classes)
-    optimizer = build_optimizer(cfg, model)
-    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    shift = RESERVES_BACKGROUND[name]
-    stats = train_for(
-        model,
-        dm.train_dataloader(),
-        optimizer,
-        seconds=120,
-        shift_labels=shift,
-        with_masks=name == "maskrcnn",
-        max_iterations=1,
-    )
-    assert stats.iterations == 1 and stats.images == 2 and math.isfinite(stats.last_loss)
-    after = [p for p in model.parameters() if p.requires_grad]
-    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
-    metrics = evaluate(model, dm.val_dataloader(), dm.build_evaluator(tmp_path), shift)
+    cfg, metrics, out, lrs = run(name, [f"baseline={name}", "trainer.max_steps=2"])
     types = ("bbox", "segm") if name == "maskrcnn" else ("bbox",)
-    assert {k.split("/")[0] for k in metrics} == set(types)
-    assert all(f"{t}/{k}" in metrics for t in types for k in ("AP", "AP50", "AP75"))
-    assert json.loads((tmp_path / "metrics.json").read_text()).keys() == metrics.keys()
-
-
-def test_cli_writes_metrics_and_result_line(data_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = main(
-        [
-            "--model",
-            "fcos",
-            "--minutes",
-            "1",
-            "--max-iters",
-            "2",
-            "--log-every",
-            "1",
-            "--max-val-batches",
-            "1",
-            "--out",
-            str(out),
-            *TINY,
-            f"paths.data_dir={data_dir}",
-        ]
+    saved = json.loads((out / "metrics.json").read_text())
+    for t in types:
+        for key in ("AP", "AP50", "AP75"):
+            assert f"{t}/{key}" in metrics and f"{t}/{key}" in saved
+    assert {k.split("/")[0] for k in saved if "/AP" in k} == set(types)
+    assert "speed/images_per_second" in metrics
+    assert len(lrs) == 2 and lrs[0] < lrs[1]  # the recipe's warm-up, stepped by Lightning
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["baseline"] == name and ckpt["global_step"] == 2
+    assert module_class(hparams) is TorchvisionModule
+    # the checkpoint scores the same again (what eval.py does with the module's class)
+    backbone = {**hparams["backbone"], "pretrained": False}
+    model = TorchvisionModule.load_from_checkpoint(
+        out / "checkpoints" / "last.ckpt",
+        map_location="cpu",
+        weights_only=False,
+        backbone=backbone,
     )
-    assert result["iterations"] == 2 and result["model"] == "torchvision-fcos"
-    line = json.loads((out / "result.json").read_text())
-    assert line.keys() == result.keys() and line["iterations"] == 2
-    assert line["seconds"] > 0 and line["metrics"].keys() == result["metrics"].keys()
-    assert "bbox/AP" in json.loads((out / "metrics.json").read_text())
+    datamodule = build_datamodule(cfg)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path / "eval",
+        precision=cfg.trainer.precision,  # the recipe's (bf16-mixed where the CPU has it)
+    )
+    (evaluated,) = trainer.validate(model, datamodule=datamodule, verbose=False)
+    for t in types:
+        assert evaluated[f"{t}/AP"] == pytest.approx(metrics[f"{t}/AP"], abs=1e-9, nan_ok=True)
 
 
-def test_autocast_follows_trainer_precision() -> None:
-    assert not torch.is_autocast_enabled("cpu")
-    with autocast_for("bf16-mixed"):
-        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-        assert torch.is_autocast_enabled("cpu")
-    with autocast_for("32-true"):
-        assert not torch.is_autocast_enabled("cpu")
-    with pytest.raises(ValueError, match="trainer.precision='16-mixed'"):
-        autocast_for("16-mixed")
+def test_baseline_and_pointins_share_the_schedule_and_the_wall_clock_stop(run) -> None:
+    """The same recipe gives the same learning rate at every step to both; trainer.max_time
+    stops the run and the final weights are still scored."""
+    _, _, _, pointins = run("pointins", ["mask=none", "trainer.max_steps=3"])
+    _, _, _, retina = run("retina", ["baseline=retinanet", "trainer.max_steps=3"])
+    assert retina == pytest.approx(pointins) and len(retina) == 3
+    _, metrics, out, lrs = run(
+        "timed", ["baseline=fcos", "trainer.max_time=00:00:00:01", "optim.max_epochs=1000"]
+    )
+    assert 0 < len(lrs) < 1000 * 4  # stopped by the clock, not by the epochs
+    assert "bbox/AP" in json.loads((out / "metrics.json").read_text()) and "bbox/AP" in metrics
+
+
+def test_module_class_of_a_pointins_checkpoint() -> None:
+    assert module_class({"backbone": {}, "mask": None}) is PointINSModule
+    assert issubclass(TorchvisionModule, DetectionModule)
+    assert issubclass(PointINSModule, DetectionModule)

@@ -1,0 +1,468 @@
+"""torchvision's FCOS, RetinaNet and Mask R-CNN on the recipe's backbone, FPN and data,
+trained and scored by the same LightningModule code as PointINS.
+
+    python train.py experiment=shapes baseline=maskrcnn trainer.max_time=00:00:15:48
+    python train.py experiment=shapes baseline=fcos trainer.max_time=00:00:15:48
+
+``baseline=<fcos|retinanet|maskrcnn>`` (``conf/baseline/``) makes ``model._target_``
+:class:`TorchvisionModule`, a :class:`~pointins.lit_module.DetectionModule` like
+:class:`~pointins.lit_module.PointINSModule`: the same ``Trainer``, datamodule, precision,
+gradient clipping, optimiser, learning-rate schedule, evaluator, logged metric names and
+checkpoints. Choices where torchvision and our recipe differ (each keeps torchvision's
+model and changes only what the comparison needs to be equal):
+
+* Resizing and normalisation belong to our datamodule, so the models' internal
+  ``GeneralizedRCNNTransform`` becomes :class:`IdentityTransform`: it only pads the
+  un-padded images into a batch (to a multiple of 32, torchvision's default; its RoI
+  pooler infers each level's scale from the padded size and would misjudge it with our
+  multiple of 128 on small images), and returns detections in input coordinates.
+  :func:`rescale_predictions` maps them to the original image, as torchvision's own
+  ``postprocess`` does: boxes scaled, Mask R-CNN's 28×28 masks pasted at the original
+  resolution with torchvision's ``paste_masks_in_image`` and thresholded at 0.5.
+* Backbone: our ``TimmBackbone`` + ``FPN`` (P3–P7, strides 8..128) from ``model.backbone``
+  and ``model.neck``; P6's input is the selected detector's (``model.detector``).
+* FCOS: one anchor per location, sized to its stride; towers of the recipe's
+  ``num_convs`` convs (torchvision's ``FCOSHead`` takes it), classification prior
+  ``prior_prob``.
+* RetinaNet: 9 anchors 4·s·2^{0,1/3,2/3} × ratios (0.5, 1, 2) per level (SPEC §2); the
+  towers, fixed at 4 convs in torchvision, are cut to ``num_convs`` (slicing their
+  ``nn.Sequential``), with GroupNorm(32) when the recipe's ``group_norm`` is set
+  (torchvision's ``retinanet_resnet50_fpn_v2`` head).
+* Mask R-CNN on P3–P7 instead of its usual P2–P6: RPN anchors 4·s (32..512) × (0.5,1,2)
+  on all five levels; RoIAlign (box 7×7, mask 14×14) over P3–P6 with torchvision's
+  level mapper (level 4 at 224 px), so objects under 112 px pool from P3. The box head's
+  ``representation_size`` (1024 in torchvision) and the mask head's four conv widths
+  and deconv width (256) are the FPN width; everything else is torchvision's default.
+  It reserves label 0 for background: ``num_classes = C + 1``, target labels + 1 and
+  predicted labels - 1. FCOS and RetinaNet do not (``num_classes = C``).
+* Inference: the recipe's ``score_thresh``, ``detections_per_img`` and (FCOS, RetinaNet)
+  ``topk_candidates`` and ``nms_thresh``; Mask R-CNN keeps torchvision's box NMS (0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+
+from pointins.checkpoints import init_from_checkpoint
+from pointins.lit_module import DetectionModule, plain
+from pointins.model import p6_input
+from pointins.structures import Batch
+
+BASELINES = ("fcos", "retinanet", "maskrcnn")
+# torchvision's FCOS and RetinaNet score C sigmoid classes; Mask R-CNN's softmax has a
+# background class 0 in front of them.
+RESERVES_BACKGROUND = {"fcos": False, "retinanet": False, "maskrcnn": True}
+SIZE_DIVISIBLE = 32
+MASK_THRESHOLD = 0.5
+MASKRCNN_NMS = 0.5  # torchvision's box_nms_thresh
+
+
+# ----------------------------------------------------------------- recipe options
+def head_option(detector: Mapping[str, Any], key: str) -> Any:
+    """``model.detector.head.<key>`` of the recipe (tower depth, width, norm, prior)."""
+    return detector["head"][key]
+
+
+def postprocess_option(detector: Mapping[str, Any], key: str) -> Any:
+    """``model.detector.postprocess.<key>`` of the recipe (inference options)."""
+    return detector["postprocess"][key]
+
+
+# ---------------------------------------------------------------------------- model
+class PyramidBackbone(nn.Module):
+    """Our ``TimmBackbone`` → ``FPN`` as torchvision's detectors want a backbone:
+    ``out_channels`` and ``forward(images) -> OrderedDict(p3=..., ..., p7=...)``."""
+
+    def __init__(self, body: nn.Module, neck: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.neck = neck
+        self.out_channels: int = neck.out_channels
+        self.strides: list[int] = list(neck.strides)
+        self.names = [f"p{int(math.log2(s))}" for s in self.strides]  # p3..p7
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        """(B, 3, H, W) -> {p3: (B, F, H/8, W/8), ..., p7: (B, F, H/128, W/128)}."""
+        levels = self.neck(self.body(images))
+        return OrderedDict(zip(self.names, levels, strict=True))
+
+
+class IdentityTransform(GeneralizedRCNNTransform):
+    """torchvision's model-side transform reduced to batching.
+
+    Our datamodule has already resized and normalised the images, so nothing is
+    normalised or resized here; the images are only padded into one tensor. Detections
+    come back in input coordinates (see :func:`rescale_predictions`), with Mask R-CNN's
+    masks left as its (n, 1, 28, 28) RoI probabilities.
+    """
+
+    def __init__(self, size_divisible: int = SIZE_DIVISIBLE) -> None:
+        super().__init__(
+            min_size=1,
+            max_size=1,
+            image_mean=[0.0, 0.0, 0.0],
+            image_std=[1.0, 1.0, 1.0],
+            size_divisible=size_divisible,
+        )
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if not image.is_floating_point():
+            raise TypeError(f"IdentityTransform: expected a float image, got {image.dtype}")
+        return image
+
+    def resize(
+        self, image: Tensor, target: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        return image, target
+
+    def postprocess(
+        self,
+        result: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        return result
+
+
+def build_pyramid(backbone: Mapping, neck: Mapping, detector: Mapping) -> PyramidBackbone:
+    """The recipe's backbone and FPN (P6 from the input the detector's recipe takes)."""
+    body = instantiate(backbone)
+    fpn = instantiate(
+        neck,
+        in_channels=body.out_channels,
+        in_strides=body.strides,
+        p6_from=p6_input(neck, detector),
+    )
+    return PyramidBackbone(body, fpn)
+
+
+def _set_prior(cls_logits: nn.Conv2d, prior_prob: float) -> None:
+    """Classification bias so that every class starts at probability ``prior_prob``."""
+    nn.init.constant_(cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
+def build_fcos(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) -> FCOS:
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in pyramid.strides),  # one point per location, size = stride
+        aspect_ratios=((1.0,),) * len(pyramid.strides),
+    )
+    num_convs = int(head_option(detector, "num_convs"))
+    head = FCOSHead(pyramid.out_channels, 1, num_classes, num_convs=num_convs)
+    _set_prior(head.classification_head.cls_logits, head_option(detector, "prior_prob"))
+    return FCOS(
+        pyramid,
+        num_classes,
+        anchor_generator=anchors,
+        head=head,
+        score_thresh=postprocess_option(detector, "score_thresh"),
+        nms_thresh=postprocess_option(detector, "nms_thresh"),
+        detections_per_img=postprocess_option(detector, "detections_per_img"),
+        topk_candidates=postprocess_option(detector, "topk_candidates"),
+    )
+
+
+def build_retinanet(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) -> RetinaNet:
+    anchors = AnchorGenerator(
+        sizes=tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in pyramid.strides),
+        aspect_ratios=((0.5, 1.0, 2.0),) * len(pyramid.strides),
+    )
+    # GroupNorm(32) in the towers when the recipe's detector has it (torchvision's v2 head)
+    norm = partial(nn.GroupNorm, 32) if head_option(detector, "group_norm") else None
+    head = RetinaNetHead(
+        pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm
+    )
+    _set_prior(head.classification_head.cls_logits, head_option(detector, "prior_prob"))
+    num_convs = int(head_option(detector, "num_convs"))
+    head.classification_head.conv = head.classification_head.conv[:num_convs]
+    head.regression_head.conv = head.regression_head.conv[:num_convs]
+    return RetinaNet(
+        pyramid,
+        num_classes,
+        anchor_generator=anchors,
+        head=head,
+        score_thresh=postprocess_option(detector, "score_thresh"),
+        nms_thresh=postprocess_option(detector, "nms_thresh"),
+        detections_per_img=postprocess_option(detector, "detections_per_img"),
+        topk_candidates=postprocess_option(detector, "topk_candidates"),
+    )
+
+
+def build_maskrcnn(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) -> MaskRCNN:
+    """``num_classes`` foreground classes; the model itself has ``num_classes + 1``."""
+    width = pyramid.out_channels
+    anchors = AnchorGenerator(
+        sizes=tuple((4 * s,) for s in pyramid.strides),  # 32..512 on P3..P7
+        aspect_ratios=((0.5, 1.0, 2.0),) * len(pyramid.strides),
+    )
+    roi_levels = pyramid.names[:4]  # P3..P6
+    box_pool = MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2)
+    mask_pool = MultiScaleRoIAlign(roi_levels, output_size=14, sampling_ratio=2)
+    return MaskRCNN(
+        pyramid,
+        None,  # given by the predictors (torchvision insists)
+        rpn_anchor_generator=anchors,
+        box_roi_pool=box_pool,
+        box_head=TwoMLPHead(width * 7 * 7, width),
+        box_predictor=FastRCNNPredictor(width, num_classes + 1),
+        box_score_thresh=postprocess_option(detector, "score_thresh"),
+        box_nms_thresh=MASKRCNN_NMS,
+        box_detections_per_img=postprocess_option(detector, "detections_per_img"),
+        mask_roi_pool=mask_pool,
+        mask_head=MaskRCNNHeads(width, (width,) * 4, dilation=1),
+        mask_predictor=MaskRCNNPredictor(width, width, num_classes + 1),
+    )
+
+
+_BUILDERS = {"fcos": build_fcos, "retinanet": build_retinanet, "maskrcnn": build_maskrcnn}
+
+
+def build_torchvision(
+    name: str, backbone: Mapping, neck: Mapping, detector: Mapping, num_classes: int
+) -> nn.Module:
+    """torchvision's ``name`` detector for ``num_classes`` dataset classes, on the recipe's
+    backbone and FPN, with the resizing transform replaced by :class:`IdentityTransform`."""
+    if name not in _BUILDERS:
+        raise ValueError(f"baseline={name!r}: choose one of {', '.join(BASELINES)}")
+    model = _BUILDERS[name](build_pyramid(backbone, neck, detector), detector, num_classes)
+    model.transform = IdentityTransform()
+    return model
+
+
+# ----------------------------------------------------------------- data adaptation
+def unpad(images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """The un-padded (3, h, w) images of a padded (B, 3, H, W) batch."""
+    return [img[:, :h, :w] for img, (h, w) in zip(images, image_sizes, strict=True)]
+
+
+def to_torchvision_images(batch: Batch) -> list[Tensor]:
+    """The un-padded (3, h, w) images of a padded batch."""
+    return unpad(batch.images, batch.image_sizes)
+
+
+def convert_targets(
+    targets: Sequence[Mapping[str, Tensor]], shift_labels: bool, with_masks: bool = False
+) -> list[dict[str, Tensor]]:
+    """Per image ``boxes`` (n, 4) xyxy in input pixels, ``labels`` (+1 when the model
+    reserves 0 for background) and, ``with_masks``, ``masks`` (n, h, w) uint8."""
+    out = []
+    for t in targets:
+        target = {"boxes": t["boxes"].float(), "labels": t["labels"] + int(shift_labels)}
+        if with_masks:
+            target["masks"] = t["masks"].to(torch.uint8)
+        out.append(target)
+    return out
+
+
+def to_torchvision_targets(
+    batch: Batch, shift_labels: bool, with_masks: bool = False
+) -> list[dict[str, Tensor]]:
+    """:func:`convert_targets` of a batch's targets."""
+    return convert_targets(batch.targets, shift_labels, with_masks)
+
+
+def rescale_predictions(
+    predictions: Sequence[Mapping[str, Tensor]],
+    image_sizes: Sequence[tuple[int, int]],
+    orig_sizes: Sequence[tuple[int, int]],
+    shift_labels: bool,
+) -> list[dict[str, Tensor]]:
+    """torchvision detections in input coordinates -> the evaluator's format: ``boxes``
+    in original-image pixels, labels ``0..C-1`` and, where the model gives (n, 1, M, M)
+    RoI masks, ``masks`` (n, H0, W0) bool pasted at their boxes in the original image."""
+    results = []
+    for pred, (h, w), (h0, w0) in zip(predictions, image_sizes, orig_sizes, strict=True):
+        scale = pred["boxes"].new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+        boxes = pred["boxes"] * scale  # (n, 4) original pixels
+        labels = pred["labels"] - int(shift_labels)
+        out = {"boxes": boxes, "scores": pred["scores"], "labels": labels}
+        if "masks" in pred:
+            probs = paste_masks_in_image(pred["masks"], boxes, (h0, w0))  # (n, 1, H0, W0)
+            out["masks"] = probs[:, 0] > MASK_THRESHOLD  # (n, H0, W0)
+        results.append(out)
+    return results
+
+
+def _fp32(x: Tensor) -> Tensor:
+    return x.float() if x.is_floating_point() else x
+
+
+class TorchvisionDetector(nn.Module):
+    """A torchvision detector behind PointINS's interface: padded image batches and our
+    targets in, :meth:`losses` and :meth:`predict` (detections in original-image pixels,
+    labels ``0..C-1``) out.
+
+    Args:
+        name: one of :data:`BASELINES`.
+        net: the detector of :func:`build_torchvision`.
+    """
+
+    def __init__(self, name: str, net: nn.Module) -> None:
+        super().__init__()
+        self.name = name
+        self.net = net
+        self.shift_labels = RESERVES_BACKGROUND[name]
+        self.with_masks = name == "maskrcnn"
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The timm backbone (its ``norm`` is what the checkpoint records)."""
+        return self.net.backbone.body
+
+    def losses(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """torchvision's losses (fp32) of a padded (B, 3, H, W) batch; training mode only."""
+        if not self.training:
+            raise RuntimeError(
+                f"torchvision {self.name}: losses need training mode (call .train() first)"
+            )
+        converted = convert_targets(targets, self.shift_labels, self.with_masks)
+        losses = self.net(unpad(images, image_sizes), converted)
+        return {k: v.float() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        orig_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Detections of a padded (B, 3, H, W) batch: per image ``boxes`` (n, 4) xyxy in
+        ``orig_sizes`` pixels, ``scores``, ``labels`` and (Mask R-CNN) ``masks`` (n, H0, W0)
+        bool. Runs the network in eval mode and restores the mode it found."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            outputs = self.net(unpad(images, image_sizes))
+        finally:
+            self.net.train(was_training)
+        outputs = [{k: _fp32(v) for k, v in o.items()} for o in outputs]
+        # box scaling and mask pasting in fp32, outside any autocast region
+        with torch.autocast(images.device.type, enabled=False):
+            return rescale_predictions(outputs, image_sizes, orig_sizes, self.shift_labels)
+
+
+# ----------------------------------------------------------------- LightningModule
+def _reject_pointins_options(
+    name: str,
+    neck: Mapping,
+    detector: Mapping,
+    mask: Mapping | None,
+    det_weight: float,
+    compile: bool,
+) -> None:
+    """A clear error for each PointINS option that a torchvision baseline cannot honour."""
+    if mask is not None:
+        own = "its own RoI mask head" if name == "maskrcnn" else "no mask output"
+        raise ValueError(
+            f"baseline={name} with a PointINS mask module (model.mask, the mask config group): "
+            f"torchvision's {name} has {own}. Drop the mask=... override or model.mask.* "
+            "overrides (the baseline configs select mask=none)."
+        )
+    if det_weight != 1.0:
+        raise ValueError(
+            f"model.det_weight={det_weight} weights PointINS's detection loss; "
+            f"baseline={name} trains on torchvision's own loss sum. Drop the override."
+        )
+    if compile:
+        raise ValueError(
+            f"model.compile=true compiles PointINS's network; baseline={name} does not support "
+            "it. Drop the override."
+        )
+    if head_option(detector, "checkpoint_towers"):
+        raise ValueError(
+            "model.detector.head.checkpoint_towers=true recomputes PointINS's towers; "
+            f"baseline={name} uses torchvision's heads. Drop the override."
+        )
+    conv_dim = head_option(detector, "conv_dim")
+    width = neck["out_channels"]
+    if int(conv_dim) != int(width):
+        raise ValueError(
+            f"model.detector.head.conv_dim={conv_dim} differs from "
+            f"model.neck.out_channels={width}: torchvision's heads are as wide as the FPN. "
+            "Set both to the same width."
+        )
+
+
+class TorchvisionModule(DetectionModule):
+    """torchvision's FCOS, RetinaNet or Mask R-CNN, trained, evaluated and optimised by
+    :class:`~pointins.lit_module.DetectionModule` exactly as PointINS is.
+
+    Args:
+        baseline: one of :data:`BASELINES` (the ``baseline`` config group sets it).
+        backbone, neck, detector: the recipe's config groups; the detector's tower depth,
+            normalisation, prior, P6 input and inference options apply (see the module
+            docstring).
+        optim: ``optimizer`` and ``scheduler`` partial configs, and ``max_epochs``.
+        class_names, category_ids: as :class:`~pointins.lit_module.PointINSModule`.
+        init_from: checkpoint to initialise from; tensors whose shape differs are skipped.
+        mask, det_weight, compile: PointINS options, accepted only at their neutral values
+            (``None``, 1, false) so that a PointINS-only override is a clear error.
+    """
+
+    def __init__(
+        self,
+        baseline: str,
+        backbone: Mapping,
+        neck: Mapping,
+        detector: Mapping,
+        optim: Mapping,
+        class_names: list[str],
+        category_ids: list[int] | None = None,
+        init_from: str | None = None,
+        mask: Mapping | None = None,
+        det_weight: float = 1.0,
+        compile: bool = False,
+    ) -> None:
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline={baseline!r}: choose one of {', '.join(BASELINES)}")
+        super().__init__(class_names, category_ids)
+        hparams = {
+            "baseline": baseline,
+            "backbone": plain(backbone),
+            "neck": plain(neck),
+            "detector": plain(detector),
+            "optim": plain(optim),
+            "class_names": list(class_names),
+            "category_ids": self.category_ids,
+            "init_from": init_from,
+        }
+        _reject_pointins_options(
+            baseline, hparams["neck"], hparams["detector"], plain(mask), det_weight, compile
+        )
+        net = build_torchvision(
+            baseline,
+            hparams["backbone"],
+            hparams["neck"],
+            hparams["detector"],
+            len(self.class_names),
+        )
+        self.model = TorchvisionDetector(baseline, net)
+        # the normalisation actually built (norm=auto depends on the weights)
+        hparams["backbone"] = {**hparams["backbone"], "norm": self.model.backbone.norm}
+        self.save_hyperparameters(hparams, logger=False)
+        if init_from is not None:
+            init_from_checkpoint(self, init_from)
+
+    def step_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return self.model.losses(batch.images, batch.image_sizes, batch.targets)
