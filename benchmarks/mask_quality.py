@@ -1,5 +1,6 @@
-"""Where a checkpoint's masks lose: mask IoU of matched detections per FPN level, against
-the ``2K×2K`` oracle.
+"""Where a checkpoint's masks lose: mask IoU of matched detections per FPN level and per
+object size, against oracles at the mask's own size and at a finer one; boundary quality;
+and the mask AP lost to ranking.
 
     python -m benchmarks.mask_quality --ckpt outputs/.../checkpoints/last.ckpt
     python -m benchmarks.mask_quality --ckpt ... --picture q.png data.root=data/shapes_s1
@@ -13,17 +14,33 @@ with IoU ≥ 0.5, two masks are compared with that GT mask in the network's inpu
 
 The oracle is the best a perfect mask head could score in that box at that resolution, so
 the gap between the two columns is what the mask module (not the box, not the output
-resolution) loses. Rows are the FPN levels the detections came from, which for RetinaNet
-and FCOS is object size. ``--picture`` writes, for detections from P5 and up, the image
-crop beside an overlay: green where prediction and GT agree, red predicted only, blue GT
-only. Trailing arguments are Hydra overrides of ``conf/train.yaml``.
+resolution) loses. A second oracle, cropped at ``--oracle-scale`` times the mask's side,
+says what a finer output alone would gain: its gap to the first oracle is the resolution's
+share, the gap from the prediction to the first oracle the head's. The boundary F-score
+(pixels of the predicted and GT contours within ``BOUNDARY_TOLERANCE`` px of each other)
+shows rounded corners and filled holes, which area IoU forgives on large objects. Rows are
+the FPN levels the detections came from (for RetinaNet and FCOS, object size) and COCO's
+size ranges.
+
+Ranking: mask AP is computed three times with the dataset's evaluator: with the detection
+scores; with them rescored by the masks' own confidence (``maskness``, what
+``model.mask.maskness=true`` does at inference); and with every detection scored by its
+mask's IoU with the best GT mask of its class (an oracle ranking: the same masks, the best
+order). The last minus the first is the AP lost because detections with poor masks outrank
+ones with good masks; the middle one shows how much of it maskness recovers.
+
+``--picture`` writes, for detections from P5 and up, the image crop beside an overlay:
+green where prediction and GT agree, red predicted only, blue GT only. Trailing arguments
+are Hydra overrides of ``conf/train.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -32,6 +49,7 @@ from torchvision.ops import box_iou
 from benchmarks.config import compose_config
 from pointins.mask.paste import paste_masks
 from pointins.mask.sampling import mask_targets
+from pointins.mask.scoring import maskness
 from pointins.model import queries_from_detections
 from pointins.structures import Detections
 
@@ -39,6 +57,12 @@ log = logging.getLogger("mask_quality")
 
 #: A detection counts when its box overlaps a GT box at least this much (COCO AP50's bar).
 MATCH_IOU = 0.5
+#: a contour pixel counts as matched within this distance (pixels, chessboard) of the other
+BOUNDARY_TOLERANCE = 2
+#: COCO's size ranges (GT area in input pixels)
+SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
+#: columns of the rows of :func:`matched_mask_quality`
+LEVEL, IOU, ORACLE, ORACLE_FINE, AREA, BOUNDARY_F = range(6)
 
 
 def _mask_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -48,6 +72,34 @@ def _mask_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp(min=1)
 
 
+def _contour(masks: Tensor) -> Tensor:
+    """(m, H, W) bool -> (m, H, W) bool: mask pixels with a 4-neighbour outside the mask
+    (the image border counts as outside)."""
+    inverted = (~masks).float()[:, None]  # (m, 1, H, W)
+    outside_near = torch.nn.functional.max_pool2d(
+        torch.nn.functional.pad(inverted, (1, 1, 1, 1), value=1.0), 3, stride=1
+    )[:, 0]  # (m, H, W): an outside pixel in the 3x3 window
+    return masks & outside_near.bool()
+
+
+def boundary_f_score(predicted: Tensor, gt: Tensor, tolerance: int = BOUNDARY_TOLERANCE) -> Tensor:
+    """(m, H, W) bool masks -> (m,) F-score of their contours: precision is the share of
+    predicted contour pixels within ``tolerance`` px of the GT contour, recall the other way
+    round (the DAVIS / Cityscapes-style boundary measure). Both contours empty: 1."""
+    pred_c, gt_c = _contour(predicted), _contour(gt)  # (m, H, W)
+    size = 2 * tolerance + 1
+
+    def near(c: Tensor) -> Tensor:
+        pooled = torch.nn.functional.max_pool2d(c.float()[:, None], size, 1, tolerance)
+        return pooled[:, 0].bool()  # (m, H, W)
+
+    pred_n, gt_n = pred_c.flatten(1).sum(1), gt_c.flatten(1).sum(1)  # (m,)
+    precision = (pred_c & near(gt_c)).flatten(1).sum(1) / pred_n.clamp(min=1)
+    recall = (gt_c & near(pred_c)).flatten(1).sum(1) / gt_n.clamp(min=1)
+    f = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return torch.where((pred_n == 0) & (gt_n == 0), torch.ones_like(f), f)
+
+
 def matched_mask_quality(
     det: Detections,
     gt_boxes: Tensor,
@@ -55,6 +107,7 @@ def matched_mask_quality(
     image_size: tuple[int, int],
     strides: Sequence[int],
     score_thresh: float = 0.3,
+    oracle_scale: int = 4,
 ) -> Tensor:
     """One row per matched detection of one image.
 
@@ -64,23 +117,34 @@ def matched_mask_quality(
         gt_masks: ``(G, H_pad, W_pad)`` GT masks in input pixels (padded like the batch).
         image_size: ``(h, w)`` of the un-padded input image.
         strides: the detector's FPN strides.
+        oracle_scale: side of the finer oracle over ``S``.
 
     Returns:
-        ``(m, 4)`` float rows ``(level, mask IoU, oracle IoU, GT area in pixels)``.
+        ``(m, 6)`` float rows: level, mask IoU, oracle IoU at ``S``, oracle IoU at
+        ``oracle_scale * S``, GT area in pixels, boundary F-score (columns ``LEVEL`` ...).
     """
     det, gt_idx = match_detections(det, gt_boxes, score_thresh)
     if len(det) == 0:
-        return torch.zeros((0, 4))
+        return torch.zeros((0, 6))
     h, w = image_size
     size = det.masks.shape[-1]
     queries = queries_from_detections([det], strides)
     queries.gt_idx = gt_idx
-    oracle = mask_targets([gt_masks], queries, size)  # (m, S, S) in {0, 1}
     gt = gt_masks[gt_idx, :h, :w].bool()  # (m, h, w)
-    predicted_iou = _mask_iou(paste_masks(det.masks.float(), det.boxes, (h, w)), gt)
-    oracle_iou = _mask_iou(paste_masks(oracle, det.boxes, (h, w)), gt)
+    predicted = paste_masks(det.masks.float(), det.boxes, (h, w))  # (m, h, w) bool
+    oracles = [
+        paste_masks(mask_targets([gt_masks], queries, side), det.boxes, (h, w))
+        for side in (size, oracle_scale * size)
+    ]  # the GT cropped at S and at oracle_scale * S, pasted back: (m, h, w) each
     area = gt.flatten(1).sum(1).float()
-    return torch.stack([det.level.float(), predicted_iou, oracle_iou, area], dim=1)
+    columns = [
+        det.level.float(),
+        _mask_iou(predicted, gt),
+        *(_mask_iou(o, gt) for o in oracles),
+        area,
+        boundary_f_score(predicted, gt),
+    ]
+    return torch.stack(columns, dim=1)
 
 
 def match_detections(
@@ -96,25 +160,46 @@ def match_detections(
     return det[matched], gt_idx[matched]
 
 
-def summary_table(rows: Tensor, num_levels: int) -> str:
-    """Markdown: per level and in all, count, median GT area, mean IoU of prediction and
-    oracle, and the share of each at IoU ≥ 0.75 (the bar of COCO's AP75)."""
+def summary_table(rows: Tensor, num_levels: int, oracle_scale: int = 4) -> str:
+    """Markdown: per level, per COCO size range and in all: count, median GT area, mean mask
+    IoU of the prediction, of the oracle at the mask's size and at ``oracle_scale`` times
+    it, the mean boundary F-score, and the share of prediction and oracle at IoU ≥ 0.75
+    (the bar of COCO's AP75)."""
     lines = [
-        "| level | detections | median GT area (px) | mask IoU | oracle IoU "
-        "| IoU ≥ 0.75 | oracle IoU ≥ 0.75 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| rows | detections | median GT area (px) | mask IoU | oracle IoU "
+        f"| oracle IoU ({oracle_scale}x side) | boundary F | IoU ≥ 0.75 | oracle IoU ≥ 0.75 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    groups = [(f"P{lvl + 3}", rows[:, 0] == lvl) for lvl in range(num_levels)]
+    area = rows[:, AREA]
+    groups = [(f"P{lvl + 3}", rows[:, LEVEL] == lvl) for lvl in range(num_levels)]
+    groups += [(name, (area >= lo) & (area < hi)) for name, lo, hi in SIZES]
     for name, sel in [*groups, ("all", torch.ones(len(rows), dtype=torch.bool))]:
         r = rows[sel]
         if len(r) == 0:
             continue
         lines.append(
-            f"| {name} | {len(r)} | {r[:, 3].median():.0f} | {r[:, 1].mean():.3f} "
-            f"| {r[:, 2].mean():.3f} | {(r[:, 1] >= 0.75).float().mean():.2f} "
-            f"| {(r[:, 2] >= 0.75).float().mean():.2f} |"
+            f"| {name} | {len(r)} | {r[:, AREA].median():.0f} | {r[:, IOU].mean():.3f} "
+            f"| {r[:, ORACLE].mean():.3f} | {r[:, ORACLE_FINE].mean():.3f} "
+            f"| {r[:, BOUNDARY_F].mean():.3f} | {(r[:, IOU] >= 0.75).float().mean():.2f} "
+            f"| {(r[:, ORACLE] >= 0.75).float().mean():.2f} |"
         )
     return "\n".join(lines)
+
+
+def oracle_ranking_scores(
+    masks: Tensor, labels: Tensor, gt_masks: Tensor, gt_labels: Tensor
+) -> Tensor:
+    """(n, h, w) bool predicted masks -> (n,) each one's IoU with the best GT mask of its
+    class in the image (0 without one): the score of the oracle ranking."""
+    if len(masks) == 0 or len(gt_masks) == 0:
+        return torch.zeros(len(masks))
+    pred = masks.flatten(1).float()  # (n, hw)
+    gt = gt_masks.flatten(1).float()  # (G, hw)
+    inter = pred @ gt.T  # (n, G)
+    union = pred.sum(1, keepdim=True) + gt.sum(1) - inter  # (n, G)
+    iou = inter / union.clamp(min=1)
+    iou = torch.where(labels[:, None] == gt_labels[None, :], iou, 0.0)  # (n, G)
+    return iou.max(dim=1).values
 
 
 def overlay_tile(image: Tensor, predicted: Tensor, gt: Tensor, box: Tensor) -> Tensor:
@@ -130,12 +215,13 @@ def overlay_tile(image: Tensor, predicted: Tensor, gt: Tensor, box: Tensor) -> T
     return (tile * 255).to(torch.uint8)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a PointINS checkpoint (last.ckpt)")
     parser.add_argument("--experiment", default="shapes")
     parser.add_argument("--images", type=int, default=120, help="val images to read")
     parser.add_argument("--score-thresh", type=float, default=0.3)
+    parser.add_argument("--oracle-scale", type=int, default=4, help="finer oracle's side / S")
     parser.add_argument("--picture", help="PNG of P5+ detections: crop | overlay")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml")
     args = parser.parse_args(argv)
@@ -149,29 +235,77 @@ def main(argv: Sequence[str] | None = None) -> None:
     datamodule.setup("validate")
     module = load_checkpoint(args.ckpt, class_names=datamodule.class_names)
     model = module.model.eval()
-    if model.mask is None:
+    if getattr(model, "mask", None) is None:
         raise SystemExit(f"--ckpt {args.ckpt}: the checkpoint has no mask module (mask=none)")
     strides = model.detector.strides
-    rows, tiles, seen = [], [], 0
-    for batch in datamodule.val_dataloader():
-        if seen >= args.images:
-            break
-        with torch.no_grad():
-            detections = model.detect(batch.images, batch.image_sizes)
-        detections = detections[: args.images - seen]
-        for b, det in enumerate(detections):
-            t, size = batch.targets[b], batch.image_sizes[b]
-            r = matched_mask_quality(det, t["boxes"], t["masks"], size, strides, args.score_thresh)
-            rows.append(r)
-            if args.picture and len(tiles) < 24:
-                tiles.extend(_tiles(batch.images[b], det, t, size, args.score_thresh))
-        seen += len(detections)
-    table = summary_table(torch.cat(rows), len(strides))
-    print(f"{args.ckpt}: {seen} val images, detections scoring >= {args.score_thresh}\n")
-    print(table)
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluators = {
+            name: datamodule.build_evaluator(Path(tmp) / name)
+            for name in ("as scored", "maskness", "oracle ranking")
+        }
+        rows, tiles, seen = [], [], 0
+        for batch in datamodule.val_dataloader():
+            if seen >= args.images:
+                break
+            with torch.no_grad():
+                detections = model.detect(batch.images, batch.image_sizes)
+            keep = min(len(detections), args.images - seen)
+            for b, det in enumerate(detections[:keep]):
+                t, size = batch.targets[b], batch.image_sizes[b]
+                rows.append(
+                    matched_mask_quality(
+                        det,
+                        t["boxes"],
+                        t["masks"],
+                        size,
+                        strides,
+                        args.score_thresh,
+                        args.oracle_scale,
+                    )  # fmt: skip
+                )
+                if args.picture and len(tiles) < 24:
+                    tiles.extend(_tiles(batch.images[b], det, t, size, args.score_thresh))
+                rankings = _predictions(det, t, size, batch.orig_sizes[b])
+                for name, prediction in rankings.items():
+                    evaluators[name].update([batch.image_ids[b]], [prediction])
+            seen += keep
+        ap = {name: evaluator.compute()["segm/AP"] for name, evaluator in evaluators.items()}
+    lost = ap["oracle ranking"] - ap["as scored"]
+    text = (
+        f"{args.ckpt}: {seen} val images, detections scoring >= {args.score_thresh}\n\n"
+        + summary_table(torch.cat(rows), len(strides), args.oracle_scale)
+        + "\n\n| ranking | segm AP |\n|---|---:|\n"
+        + "".join(f"| {name} | {value:.1f} |\n" for name, value in ap.items())
+        + f"\n{lost:.1f} segm AP lost to ranking (oracle ranking minus as scored)"
+    )
+    print(text)
     if args.picture:
         _save_picture(tiles[:24], args.picture)
         log.info("wrote %s", args.picture)
+    return text
+
+
+def _predictions(det: Detections, target: dict, size, orig_size) -> dict[str, dict]:
+    """The evaluator's prediction for one image under each ranking: as scored, rescored by
+    maskness, and scored by mask IoU with the best same-class GT (input resolution)."""
+    (h, w), (h0, w0) = size, orig_size
+    masks = paste_masks(det.masks.float(), det.boxes, (h, w))  # (n, h, w) bool
+    gt = target["masks"][:, :h, :w].bool()
+    quality = oracle_ranking_scores(masks, det.labels, gt, target["labels"])  # (n,)
+    scale = det.boxes.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+    boxes = det.boxes * scale  # original pixels
+    scored = {
+        "boxes": boxes,
+        "scores": det.scores,
+        "labels": det.labels,
+        "masks": paste_masks(det.masks.float(), boxes, (h0, w0)),
+    }
+    return {
+        "as scored": scored,
+        "maskness": {**scored, "scores": det.scores * maskness(det.masks.float())},
+        # ties in mask IoU broken by the detection score
+        "oracle ranking": {**scored, "scores": quality + 1e-6 * det.scores},
+    }
 
 
 def _tiles(image: Tensor, det: Detections, target: dict, size, score_thresh: float) -> list:

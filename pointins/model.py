@@ -18,11 +18,18 @@ from pointins.mask.instance_aware_mask import InstanceAwareMask
 from pointins.mask.losses import mask_loss
 from pointins.mask.paste import paste_masks
 from pointins.mask.sampling import QuerySampler
+from pointins.mask.scoring import maskness
 from pointins.structures import Detections, InstanceQueries
 
 
 class PointINS(nn.Module):
-    """The network. ``mask=None`` gives the plain detector."""
+    """The network. ``mask=None`` gives the plain detector.
+
+    ``mask_weight`` is λ_mask (§3.4), ``edge_weight`` the weight of target edges in the
+    mask BCE, ``dice_weight`` that of an added Dice term (0 in the paper), and
+    ``maskness`` rescores every detection by its mask's confidence at inference
+    (:func:`~pointins.mask.scoring.maskness`; off in the paper).
+    """
 
     def __init__(
         self,
@@ -34,6 +41,8 @@ class PointINS(nn.Module):
         det_weight: float = 1.0,
         mask_weight: float = 2.0,
         edge_weight: float = 4.0,
+        dice_weight: float = 0.0,
+        maskness: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -44,6 +53,8 @@ class PointINS(nn.Module):
         self.det_weight = det_weight
         self.mask_weight = mask_weight
         self.edge_weight = edge_weight
+        self.dice_weight = dice_weight
+        self.maskness = maskness
         self.to(memory_format=torch.channels_last)
 
     def compile_network(self, **options) -> None:
@@ -84,23 +95,27 @@ class PointINS(nn.Module):
         # targets first: their crop's transient memory then comes before the head's activations
         queries, mask_gt = self.sampler(
             state, anchor_gt, [t["masks"] for t in targets], self.mask.mask_size, generator
-        )  # Q queries, (Q, 2K, 2K)
-        logits = self.mask(state.poi_features, queries)  # (Q, 2K, 2K)
-        losses["loss_mask"] = self.mask_weight * mask_loss(logits, mask_gt, self.edge_weight)
+        )  # Q queries, (Q, S, S) with S = mask_size
+        logits = self.mask(state.poi_features, queries)  # (Q, S, S)
+        loss = mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
+        losses["loss_mask"] = self.mask_weight * loss
         return losses
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
     def detect(self, images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Detections]:
-        """Detections (and, with a mask module, ``2K×2K`` mask probabilities) per image,
-        in input-image coordinates."""
+        """Detections (and, with a mask module, ``S×S`` box-relative mask probabilities)
+        per image, in input-image coordinates, by decreasing score."""
         outputs = self.detector(self.features(images))
         detections = self.detector.inference(outputs, image_sizes)
-        if self.mask is not None:
-            queries = queries_from_detections(detections, self.detector.strides)
-            probs = self.mask(outputs.poi_features, queries).sigmoid()  # (N, 2K, 2K)
-            for det, p in zip(detections, probs.split([len(d) for d in detections]), strict=True):
-                det.masks = p
+        if self.mask is None:
+            return detections
+        queries = queries_from_detections(detections, self.detector.strides)
+        probs = self.mask(outputs.poi_features, queries).sigmoid()  # (N, S, S)
+        for det, p in zip(detections, probs.split([len(d) for d in detections]), strict=True):
+            det.masks = p
+        if self.maskness:
+            detections = [rescore(det, maskness(det.masks)) for det in detections]
         return detections
 
     @torch.no_grad()
@@ -123,6 +138,12 @@ class PointINS(nn.Module):
                 out["masks"] = paste_masks(det.masks, boxes, (h0, w0))
             results.append(out)
         return results
+
+
+def rescore(det: Detections, factor: Tensor) -> Detections:
+    """``det`` with its scores multiplied by ``factor`` ``(n,)``, re-sorted by score."""
+    det.scores = det.scores * factor
+    return det[det.scores.argsort(descending=True, stable=True)]
 
 
 def queries_from_detections(
@@ -196,9 +217,9 @@ def build_model(
     the widths and strides each part derives from the previous one (nothing is typed twice
     in the configs).
 
-    ``mask`` holds :class:`InstanceAwareMask`'s arguments plus three keys the network
-    itself keeps: ``sampling`` (the :class:`QuerySampler`'s), ``loss_weight`` (λ_mask) and
-    ``edge_weight``. The mappings are not modified.
+    ``mask`` holds :class:`InstanceAwareMask`'s arguments plus the keys the network itself
+    keeps: ``sampling`` (the :class:`QuerySampler`'s), ``loss_weight`` (λ_mask),
+    ``edge_weight``, ``dice_weight`` and ``maskness``. The mappings are not modified.
     """
     backbone_m = instantiate(backbone)
     neck_m = instantiate(
@@ -210,7 +231,7 @@ def build_model(
     detector_m = build_detector(detector, neck_m.out_channels, num_classes, neck_m.strides)
     if mask is None:
         return PointINS(backbone_m, neck_m, detector_m, det_weight=det_weight)
-    network_keys = ("sampling", "loss_weight", "edge_weight")
+    network_keys = ("sampling", "loss_weight", "edge_weight", "dice_weight", "maskness")
     mask_m = instantiate(
         {k: v for k, v in mask.items() if k not in network_keys},
         in_channels=detector_m.head.out_channels,
@@ -225,4 +246,6 @@ def build_model(
         det_weight,
         mask.get("loss_weight", 2.0),
         mask.get("edge_weight", 4.0),
+        mask.get("dice_weight", 0.0),
+        mask.get("maskness", False),
     )

@@ -123,3 +123,32 @@ def test_sweep_directory_resolves_before_hydra_runtime(compose_cfg) -> None:
     HydraConfig.instance().cfg = None  # as at multirun launch time
     sweep_dir = OmegaConf.select(cfg, "hydra.sweep.dir", throw_on_resolution_failure=True)
     assert sweep_dir.startswith("multirun/ablation_iz_inputs/")
+
+
+def test_mask_quality_sweep_rows_build(compose_cfg):
+    """``ablation=mask_quality``: the paper's design first, then one option per row, each
+    reaching the built network, on the detector chosen (FCOS with experiment=shapes)."""
+    base = ["ablation=mask_quality", "experiment=shapes"]
+    jobs = sweep_jobs(compose_cfg(base))
+    assert len(jobs) == 5
+    built = []
+    for job in jobs:
+        cfg = compose_cfg([*base, *job])
+        assert cfg.model.detector.assigner._target_.endswith("FCOSAssigner")
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        net = build_model(model["backbone"], model["neck"], model["detector"], model["mask"], 8)
+        built.append(
+            (
+                net.maskness,
+                net.mask.mask_size // net.mask.K,
+                net.dice_weight,
+                net.mask.template_branch.max_level,
+            )
+        )
+    assert built == [
+        (False, 2, 0.0, None),  # the paper
+        (True, 2, 0.0, None),
+        (False, 4, 0.0, None),
+        (False, 2, 1.0, None),
+        (False, 2, 0.0, 1),
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -49,3 +50,15 @@ def test_predictor_starts_near_zero_logits() -> None:
     assert head.layers.predictor.weight.std().item() < 0.002
     logits = head(50.0 * torch.rand(4, 64, 8, 8))
     assert logits.abs().max().item() < 1.0
+
+
+def test_output_scale_four_adds_one_upsampling_stage() -> None:
+    """``output_scale=4``: a second 2x deconvolution (+ ReLU) before the predictor, 4K x 4K
+    logits; the paper's layers keep their names, so ``output_scale=2`` checkpoints load."""
+    paper, finer = MaskHead(6, 16, num_convs=2), MaskHead(6, 16, num_convs=2, output_scale=4)
+    assert finer(torch.randn(3, 6, 8, 8)).shape == (3, 1, 32, 32)
+    assert set(paper.state_dict()) < set(finer.state_dict())
+    extra = set(finer.state_dict()) - set(paper.state_dict())
+    assert extra == {"layers.deconv2.weight", "layers.deconv2.bias"}
+    with pytest.raises(ValueError, match="model.mask.output_scale"):
+        MaskHead(6, 16, output_scale=3)

@@ -1,4 +1,4 @@
-"""Edge-weighted mask loss (SPEC §5)."""
+"""Edge-weighted mask loss (SPEC §5) and the optional Dice term."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pointins.mask.losses import edge_mask, edge_weights, mask_loss
+from pointins.mask.losses import dice_loss, edge_mask, edge_weights, mask_loss
 
 
 def test_edge_weights_small_square() -> None:
@@ -65,3 +65,25 @@ def test_mask_loss_gradient_and_empty() -> None:
     assert loss.grad_fn is not None
     loss.backward()
     assert empty.grad is not None and empty.grad.shape == (0, 8, 8)
+
+
+def test_dice_loss_hand_computation() -> None:
+    """Per sample 1 - (2 Σpt + 1) / (Σp² + Σt² + 1), averaged over samples."""
+    targets = torch.zeros(2, 2, 2)
+    targets[0, 0] = 1.0  # two foreground pixels
+    logits = torch.zeros(2, 2, 2)  # p = 0.5 everywhere
+    # sample 0: 2*(0.5+0.5)+1 = 3 over 4*0.25 + 2 + 1 = 4 -> 0.25; sample 1: 1 / (1 + 1) -> 0.5
+    assert math.isclose(dice_loss(logits, targets).item(), (0.25 + 0.5) / 2, rel_tol=1e-6)
+    confident = torch.where(targets > 0, 20.0, -20.0)
+    assert dice_loss(confident, targets).item() < 1e-6  # a perfect mask costs nothing
+    empty = dice_loss(torch.zeros(0, 4, 4, requires_grad=True), torch.zeros(0, 4, 4))
+    assert empty.item() == 0.0 and empty.grad_fn is not None
+
+
+def test_dice_weight_adds_the_dice_term() -> None:
+    logits = torch.randn(3, 8, 8)
+    targets = (torch.rand(3, 8, 8) > 0.5).float()
+    paper = mask_loss(logits, targets, 4.0)
+    assert torch.equal(mask_loss(logits, targets, 4.0, dice_weight=0.0), paper)
+    combined = mask_loss(logits, targets, 4.0, dice_weight=2.0)
+    torch.testing.assert_close(combined, paper + 2.0 * dice_loss(logits, targets))

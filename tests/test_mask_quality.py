@@ -1,11 +1,18 @@
-"""benchmarks.mask_quality: which detections count, and that the oracle is the training
-target pasted back, so a prediction equal to it scores exactly the oracle's IoU."""
+"""benchmarks.mask_quality: which detections count, that the oracle is the training target
+pasted back (a prediction equal to it scores exactly the oracle's IoU), the boundary
+F-score and the oracle ranking's scores."""
 
 from __future__ import annotations
 
 import torch
 
-from benchmarks.mask_quality import matched_mask_quality, overlay_tile, summary_table
+from benchmarks.mask_quality import (
+    boundary_f_score,
+    matched_mask_quality,
+    oracle_ranking_scores,
+    overlay_tile,
+    summary_table,
+)
 from pointins.structures import Detections
 
 S = 32  # 2K
@@ -43,12 +50,13 @@ def test_only_confident_detections_overlapping_a_gt_box_count():
         [2, 2, 0],
     )
     rows = matched_mask_quality(det, gt_boxes, gt_masks, (96, 96), STRIDES, score_thresh=0.3)
-    assert rows.shape == (1, 4)
-    level, predicted, oracle, area = rows[0].tolist()
+    assert rows.shape == (1, 6)
+    level, predicted, oracle, oracle_fine, area, boundary = rows[0].tolist()
     assert level == 2 and area == mask.sum().item()
     # a full box for a disc: IoU = disc / square = pi / 4, and the oracle is far better
     assert abs(predicted - torch.pi / 4) < 0.02
-    assert oracle > 0.95
+    assert oracle > 0.95 and oracle_fine >= oracle  # a finer crop follows the disc closer
+    assert boundary < 0.8  # the square's corners lie far from the circle
 
 
 def test_a_prediction_equal_to_the_training_target_scores_the_oracle():
@@ -59,18 +67,51 @@ def test_a_prediction_equal_to_the_training_target_scores_the_oracle():
     target = (((x / S - 0.5) ** 2 + (y / S - 0.5) ** 2) <= 0.25).float()
     det = _detections([box], [0.9], target[None], [1])
     rows = matched_mask_quality(det, gt_boxes, gt_masks, (96, 96), STRIDES)
-    _, predicted, oracle, _ = rows[0].tolist()
+    _, predicted, oracle, _, _, _ = rows[0].tolist()
     assert abs(predicted - oracle) < 0.01 and oracle > 0.95
     empty = _detections([box], [0.9], torch.zeros(1, S, S), [1])
     assert matched_mask_quality(empty, gt_boxes, gt_masks, (96, 96), STRIDES)[0, 1] == 0
 
 
-def test_summary_rows_per_level_and_all():
-    rows = torch.tensor([[0, 0.8, 0.9, 100], [0, 0.6, 0.9, 300], [2, 0.5, 0.8, 5000]])
+def test_summary_rows_per_level_size_and_all():
+    # level, IoU, oracle, finer oracle, area, boundary F
+    rows = torch.tensor(
+        [
+            [0, 0.8, 0.9, 0.95, 100, 0.7],
+            [0, 0.6, 0.9, 0.97, 300, 0.5],
+            [2, 0.5, 0.8, 0.9, 50000, 0.3],
+        ]
+    )
     table = summary_table(rows, num_levels=5).splitlines()
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["P3", "P5", "all"]
+    names = [line.split("|")[1].strip() for line in table[2:]]
+    assert names == ["P3", "P5", "small", "large", "all"]
     p3 = [c.strip() for c in table[2].split("|")]
-    assert p3[2:8] == ["2", "100", "0.700", "0.900", "0.50", "1.00"]  # median: lower middle
+    # median: lower middle
+    assert p3[2:10] == ["2", "100", "0.700", "0.900", "0.960", "0.600", "0.50", "1.00"]
+
+
+def test_boundary_f_score():
+    square = torch.zeros(1, 40, 40, dtype=torch.bool)
+    square[0, 10:30, 10:30] = True
+    assert boundary_f_score(square, square).item() == 1.0
+    near = torch.roll(square, 2, dims=2)  # contours 2 px apart: within the tolerance
+    assert boundary_f_score(near, square).item() == 1.0
+    far = torch.roll(square, 6, dims=2)  # only the top and bottom edges overlap partly
+    assert boundary_f_score(far, square).item() < 0.7
+    empty = torch.zeros_like(square)
+    assert boundary_f_score(empty, empty).item() == 1.0
+    assert boundary_f_score(empty, square).item() == 0.0
+
+
+def test_oracle_ranking_scores_are_mask_iou_with_the_best_same_class_gt():
+    gt = torch.zeros(2, 10, 10, dtype=torch.bool)
+    gt[0, :5], gt[1, 5:] = True, True  # two halves, classes 0 and 1
+    pred = torch.zeros(3, 10, 10, dtype=torch.bool)
+    pred[0, :5] = True  # exactly GT 0, class 0
+    pred[1, :5, :5] = True  # half of GT 0, class 0
+    pred[2, 5:] = True  # exactly GT 1, but labelled class 0: no same-class GT overlaps
+    scores = oracle_ranking_scores(pred, torch.tensor([0, 0, 0]), gt, torch.tensor([0, 1]))
+    assert scores.tolist() == [1.0, 0.5, 0.0]
 
 
 def test_overlay_colours_agreement_and_both_errors():

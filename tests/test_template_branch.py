@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pointins.mask.template_branch import TemplateBranch, gather_patches, vector_to_template
+from pointins.mask.template_branch import (
+    TemplateBranch,
+    gather_patches,
+    read_from_finer_level,
+    vector_to_template,
+)
 from pointins.structures import InstanceQueries
 
 SHAPES = [(7, 9), (4, 5), (2, 3)]  # (H_l, W_l) per level
@@ -167,3 +174,37 @@ def test_init_and_parameters_are_a_conv() -> None:
     assert branch.conv.weight.shape == (9 * 16 * 16, 256, 3, 3)
     assert torch.count_nonzero(branch.conv.bias) == 0
     assert abs(branch.conv.weight.std().item() - 0.01) < 1e-3
+
+
+def test_finer_level_read_hand_computed() -> None:
+    """A query two levels coarser than ``max_level`` reads the finer map under the centre of
+    its own cell: (y + 0.5) * 4 floored; positions past the finer map clamp to its edge;
+    queries at or below ``max_level`` keep their place."""
+    features = make_features(4)
+    queries = make_queries()
+    rows = torch.tensor([[0, 2, 1, 2], [1, 1, 3, 4], [0, 0, 6, 8], [1, 2, 1, 2]])
+    q = replace(queries[:4], batch_idx=rows[:, 0], level=rows[:, 1], yx=rows[:, 2:])
+    moved = read_from_finer_level(features, q, 0)
+    assert moved.level.tolist() == [0, 0, 0, 0]
+    # level 2 (1, 2) -> (6, 10), clamped to P3's 7 x 9 map: (6, 8); level 1 (3, 4) -> (7, 9)
+    # -> (6, 8)
+    assert moved.yx.tolist() == [[6, 8], [6, 8], [6, 8], [6, 8]]
+    half = read_from_finer_level(features, q, 1)
+    assert half.level.tolist() == [1, 1, 0, 1] and half.yx.tolist() == [
+        [3, 4],
+        [3, 4],
+        [6, 8],
+        [3, 4],
+    ]
+    assert torch.equal(read_from_finer_level(features, q, 2).yx, q.yx)  # nothing coarser
+
+
+def test_finer_level_template_is_the_template_read_there() -> None:
+    features = make_features(4)
+    queries = make_queries()
+    branch = TemplateBranch(4, E=2, K=2, kernel_size=3, max_level=0).double()
+    own = TemplateBranch(4, E=2, K=2, kernel_size=3).double()
+    own.load_state_dict(branch.state_dict())  # same parameters: max_level adds none
+    expected = own(features, read_from_finer_level(features, queries, 0))
+    assert torch.equal(branch(features, queries), expected)
+    assert not torch.equal(own(features, queries), expected)

@@ -50,6 +50,10 @@ class InstanceAwareMask(nn.Module):
             FCOS (Io = [1/s], U = 7).
         head_convs: conv3x3 blocks in the mask head (4).
         template_init_std: std of the template conv's normal init (0.01).
+        output_scale: mask side over ``K``: 2 (the paper's ``2K x 2K``) or 4 (one more 2x
+            deconvolution in the mask head: finer masks from the same template).
+        template_max_level: the template of a query on a coarser FPN level is read from
+            this level (0 = P3) under the query's cell; ``None`` (the paper): its own level.
     """
 
     def __init__(
@@ -67,6 +71,8 @@ class InstanceAwareMask(nn.Module):
         anchor_shape: bool = True,
         head_convs: int = 4,
         template_init_std: float = 0.01,
+        output_scale: int = 2,
+        template_max_level: int | None = None,
     ) -> None:
         super().__init__()
         # validate the string choices up front so a bad config fails with one clear message
@@ -83,7 +89,9 @@ class InstanceAwareMask(nn.Module):
 
         self.K = K
         self.E = E
-        self.template_branch = TemplateBranch(in_channels, E, K, kernel_size, template_init_std)
+        self.template_branch = TemplateBranch(
+            in_channels, E, K, kernel_size, template_init_std, template_max_level
+        )
         self.fusion = build_fusion(fusion, E, K, mask_dim)
         self.weight_branch = WeightBranch(
             out_dim=self.fusion.weight_dim,
@@ -94,15 +102,18 @@ class InstanceAwareMask(nn.Module):
             structure=generator,
             hidden_dim=generator_hidden_dim,
         )
-        self.head = MaskHead(self.fusion.out_channels, conv_dim=mask_dim, num_convs=head_convs)
+        self.head = MaskHead(
+            self.fusion.out_channels, mask_dim, num_convs=head_convs, output_scale=output_scale
+        )
+        self.output_scale = output_scale
 
     @property
     def mask_size(self) -> int:
-        """Side of the predicted masks, ``2K``."""
-        return 2 * self.K
+        """Side of the predicted masks, ``output_scale * K`` (the paper's ``2K``)."""
+        return self.output_scale * self.K
 
     def forward(self, poi_features: Sequence[Tensor], queries: InstanceQueries) -> Tensor:
-        """Mask logits ``(N, 2K, 2K)`` for the ``N`` queries, in query order.
+        """Mask logits ``(N, S, S)``, ``S = mask_size``, for the ``N`` queries, in query order.
 
         Args:
             poi_features: per FPN level ``(B, F, H_l, W_l)``, last map of the regression tower.
@@ -117,5 +128,5 @@ class InstanceAwareMask(nn.Module):
         # (torch 2.14: convolution_backward's weight-gradient strides disagree with its
         # meta kernel). The head still runs, so every parameter gets its zero gradient.
         head = self.head if features.shape[0] > 0 else self.head.forward
-        logits = head(features)  # (N, 1, 2K, 2K), autocast dtype under autocast
-        return logits.squeeze(1).float()  # (N, 2K, 2K), fp32 for the loss and the paste
+        logits = head(features)  # (N, 1, S, S), autocast dtype under autocast
+        return logits.squeeze(1).float()  # (N, S, S), fp32 for the loss and the paste

@@ -13,6 +13,7 @@ queries of all levels (the conv is shared over levels).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,24 @@ def gather_patches(
     return patches.reshape(len(queries), kk * channels)  # (N, kk*F)
 
 
+def read_from_finer_level(
+    features: Sequence[Tensor], queries: InstanceQueries, max_level: int
+) -> InstanceQueries:
+    """The queries moved to level ``min(level, max_level)``, at the location of that level
+    under their own cell's centre: ``floor((y + 0.5) * 2^d)`` for a query ``d`` levels
+    coarser (FPN strides double per level), clamped to the map. Only ``level`` and ``yx``
+    change; the template of a coarse-level object then reads a finer map."""
+    if max_level < 0:
+        raise ValueError(f"model.mask.template_max_level must be >= 0 or null, got {max_level}")
+    level = queries.level.clamp(max=max_level)  # (N,)
+    shift = (queries.level - level).to(queries.yx.dtype)[:, None]  # (N, 1) levels finer
+    yx = torch.div((2 * queries.yx + 1) << shift, 2, rounding_mode="floor")  # (N, 2)
+    device = queries.yx.device
+    sizes = torch.tensor([tuple(f.shape[-2:]) for f in features], device=device)  # (L, 2)
+    yx = torch.minimum(yx, sizes[level] - 1)  # (N, 2) on the map
+    return replace(queries, level=level, yx=yx)
+
+
 def vector_to_template(vectors: Tensor, E: int, K: int) -> Tensor:
     """Reshape ``(N, E*K*K)`` vectors to ``(N, E, K, K)`` templates, E fastest.
 
@@ -101,6 +120,9 @@ class TemplateBranch(nn.Module):
         K: template side (16).
         kernel_size: ``k_t`` (3), odd.
         init_std: std of the normal weight init.
+        max_level: read the patch of a query on a coarser level from this level (index,
+            0 = P3) instead (:func:`read_from_finer_level`); ``None`` reads every query's
+            own level, as the paper does.
     """
 
     def __init__(
@@ -110,6 +132,7 @@ class TemplateBranch(nn.Module):
         K: int = 16,
         kernel_size: int = 3,
         init_std: float = 0.01,
+        max_level: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("E", E), ("K", K)):
@@ -123,6 +146,7 @@ class TemplateBranch(nn.Module):
         self.E = E
         self.K = K
         self.kernel_size = kernel_size
+        self.max_level = max_level
         self.conv = nn.Conv2d(in_channels, E * K * K, kernel_size, padding=kernel_size // 2)
         nn.init.normal_(self.conv.weight, std=init_std)
         nn.init.zeros_(self.conv.bias)
@@ -140,6 +164,8 @@ class TemplateBranch(nn.Module):
             queries: the ``N`` points; their ``level``, ``batch_idx`` and ``yx`` are read.
         """
         k = self.kernel_size
+        if self.max_level is not None:
+            queries = read_from_finer_level(poi_features, queries, self.max_level)
         patches = gather_patches(poi_features, queries, k)  # (N, k*k*F), F fastest
         # conv weight (E*K*K, F, k, k) -> (E*K*K, k, k, F) -> (E*K*K, k*k*F) to match patches
         weight = self.conv.weight.permute(0, 2, 3, 1).reshape(self.E * self.K * self.K, -1)
@@ -147,4 +173,4 @@ class TemplateBranch(nn.Module):
         return vector_to_template(vectors, self.E, self.K)  # (N, E, K, K)
 
     def extra_repr(self) -> str:
-        return f"E={self.E}, K={self.K}, kernel_size={self.kernel_size}"
+        return f"E={self.E}, K={self.K}, kernel_size={self.kernel_size}, max_level={self.max_level}"
