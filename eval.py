@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules.transforms import build_test_transforms
-from pointins.lit_module import PointINSModule
+from pointins.lit_module import DetectionModule, module_class
 from pointins.loggers import (
     finish_runs,
     identity_kwargs,
@@ -36,8 +36,9 @@ from pointins.runner import build_datamodule, build_trainer
 log = logging.getLogger("eval")
 
 
-def load_checkpoint(path: str, class_names: list[str] | None = None) -> PointINSModule:
-    """The trained module, checked against the dataset's classes when they are given."""
+def load_checkpoint(path: str, class_names: list[str] | None = None) -> DetectionModule:
+    """The trained module (PointINS or a torchvision baseline, whichever wrote the file),
+    checked against the dataset's classes when they are given."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"ckpt_path={str(file)!r} does not exist")
@@ -46,7 +47,7 @@ def load_checkpoint(path: str, class_names: list[str] | None = None) -> PointINS
     saved = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
     backbone = {**saved["hyper_parameters"]["backbone"], "pretrained": False}
     backbone["checkpoint_path"] = None
-    model = PointINSModule.load_from_checkpoint(
+    model = module_class(saved["hyper_parameters"]).load_from_checkpoint(
         file, map_location="cpu", weights_only=False, init_from=None, backbone=backbone
     )
     if class_names is not None and list(model.class_names) != list(class_names):

@@ -24,19 +24,25 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+import pointins.mask.sampling as sampling_module
 import pointins.model as pointins_model
 from benchmarks import bench, cases, measure
 
-#: module-level functions of ``pointins.model`` labelled in the tables
-_FUNCTIONS = ("sample_queries", "mask_targets", "mask_loss", "paste_masks")
-#: (attribute path, method) of a PointINS model labelled in the tables
+#: (module, function) pairs labelled in the tables, where the caller looks them up
+_FUNCTIONS = (
+    (sampling_module, "sample_queries"),
+    (sampling_module, "mask_targets"),
+    (pointins_model, "mask_loss"),
+    (pointins_model, "paste_masks"),
+)
+#: (attribute path, method or call-only part) of a PointINS model labelled in the tables
 _METHODS = (
     ("", "features"),
     ("detector", "forward"),
-    ("detector", "assign"),
-    ("detector", "compute_losses"),
+    ("detector", "forward_train"),
+    ("detector", "loss"),
     ("detector", "mask_anchor_condition"),
-    ("detector", "inference"),
+    ("detector", "postprocess"),
     ("mask", "forward"),
 )
 #: profiler keys of the calls that wait for the device (or read a device value back)
@@ -58,9 +64,9 @@ def _label(owner: object, name: str, label: str) -> None:
 @contextlib.contextmanager
 def labelled_stages(model: nn.Module) -> Iterator[None]:
     """Label PointINS's stages while the block runs (a torchvision model has none)."""
-    originals = {name: getattr(pointins_model, name) for name in _FUNCTIONS}
-    for name in _FUNCTIONS:
-        _label(pointins_model, name, f"pi::{name}")
+    originals = [(module, name, getattr(module, name)) for module, name in _FUNCTIONS]
+    for module, name in _FUNCTIONS:
+        _label(module, name, f"pi::{name}")
     if hasattr(model, "detector"):
         for path, method in _METHODS:
             owner = getattr(model, path) if path else model
@@ -69,8 +75,8 @@ def labelled_stages(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for name, fn in originals.items():
-            setattr(pointins_model, name, fn)
+        for module, name, fn in originals:
+            setattr(module, name, fn)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

@@ -96,3 +96,21 @@ def test_losses_read_as_detector_sampler_mask(compose_cfg, detector):
     queries, mask_gt = model.sampler(state, anchor_gt, [t["masks"] for t in targets], 16)
     assert len(queries) > 0 and mask_gt.shape == (len(queries), 16, 16)
     assert not state.pred_boxes.requires_grad
+
+
+def test_the_package_does_not_import_the_datamodules():
+    """Layers point one way: ``datamodules`` builds on ``pointins`` (structures, drawing),
+    never the reverse, so the network and its tools load without the data pipeline."""
+    import ast
+    from pathlib import Path
+
+    offenders = []
+    for path in (Path(__file__).parents[1] / "pointins").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "datamodules"]
+    assert offenders == []

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from test_bench import TINY  # the bench's tiny setting
 
-import pointins.model as pointins_model
+import pointins.mask.sampling as sampling_module
 from benchmarks import profile_step
 
 
 def test_training_step_tables_name_the_stages_and_the_waits(tmp_path) -> None:
-    before = pointins_model.sample_queries
+    before = sampling_module.sample_queries
     text = profile_step.main(
         [
             "--model",
@@ -23,7 +23,8 @@ def test_training_step_tables_name_the_stages_and_the_waits(tmp_path) -> None:
             f"paths.data_dir={tmp_path}",
         ]
     )
-    for stage in ("pi::sample_queries", "pi::InstanceAwareMask.forward", "pi::mask_loss"):
+    stages = ("pi::sample_queries", "pi::InstanceAwareMask.forward", "pi::mask_loss")
+    for stage in (*stages, "pi::DenseDetector.forward_train", "pi::DenseDetector.loss"):
         assert stage in text, stage
     assert "aten::nonzero" in text.split("per call:")[1]  # sampling's candidates
-    assert pointins_model.sample_queries is before  # the labels are taken off again
+    assert sampling_module.sample_queries is before  # the labels are taken off again
