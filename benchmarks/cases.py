@@ -12,11 +12,13 @@ Cases (``kind``):
   module's cost: template gather, instance-aware weights, dynamic conv, mask head and
   paste), torchvision's Mask R-CNN on our backbone and FPN
   (:func:`pointins.baselines.build_maskrcnn`: width-matched) and the stock
-  ``maskrcnn_resnet50_fpn`` built without weights; also against the number of detections
-  (``table: detections``) and the input size (``table: scales``);
+  ``maskrcnn_resnet50_fpn`` built without weights; PointINS-FCOS with 4K x 4K masks
+  (``model.mask.output_scale=4``: the cost of the finer output); also against the number
+  of detections (``table: detections``) and the input size (``table: scales``);
 * ``train``: seconds per optimiser step and peak memory at the recipe's batch size,
   PointINS, the plain detectors and Mask R-CNN (width-matched), on one real batch of the
-  embedded training data, and PointINS with ``checkpoint_towers=true`` (memory for time);
+  embedded training data, PointINS with ``checkpoint_towers=true`` (memory for time) and
+  PointINS-FCOS with 4K x 4K masks;
 * ``loader``: the training dataloader alone (default worker count), images/second;
 * ``eval_memory``: memory of the evaluation loop (predict, RLE-encode, accumulate), read
   after given numbers of val images of one pass: streaming evaluation keeps it flat.
@@ -254,8 +256,10 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.skip_stock:
         models.append(MASKRCNN_STOCK)
     precisions = [False, True] if args.amp else [False]
+    finer_masks = {"variant": "4K masks", "overrides": ["model.mask.output_scale=4"]}
     for amp in precisions:
         cases += [{"kind": "infer", "model": m, "amp": amp} for m in models]
+        cases.append({"kind": "infer", "model": "pointins-fcos", "amp": amp, **finer_masks})
     for amp in precisions:
         cases += [
             {"kind": "train", "model": m, "amp": amp} for m in (*POINTINS, *DETECTORS, MASKRCNN)
@@ -270,6 +274,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             for m in POINTINS
         ]
+        cases.append({"kind": "train", "model": "pointins-fcos", "amp": amp, **finer_masks})
     for n in args.detection_counts:
         cases += [
             {"kind": "infer", "model": m, "detections": n, "table": "detections"}

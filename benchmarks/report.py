@@ -55,8 +55,9 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             continue
         base = ref[case.get("amp", False)]
         ratio = res["images_per_second"] / base["images_per_second"] if base else float("nan")
+        label = " + ".join([case["model"], *filter(None, [case.get("variant")])])
         lines.append(
-            f"| {case['model']} | {precision[case.get('amp', False)]} "
+            f"| {label} | {precision[case.get('amp', False)]} "
             f"| {res['images_per_second']:.2f} | {ratio:.2f} | {res['peak_mib']:.0f} "
             f"| {res['detections_per_image']:.0f} |"
         )
