@@ -128,7 +128,7 @@ def test_ablation_num_points_sweeps_table_8(compose_cfg):
 
 def test_the_demo_is_pointins_fcos_and_each_pair_gets_its_budgets_epochs(compose_cfg):
     """`make train` trains PointINS-FCOS for 9 epochs (conf/budget/); PointINS-RetinaNet and
-    the plain detectors (issue 4's 15-minute runs) keep experiment=shapes' 7."""
+    the plain detectors keep experiment=shapes' 7."""
     fcos = compose_cfg(["experiment=shapes"])
     retina = compose_cfg(["experiment=shapes", "detector=retinanet"])
     plain = [

@@ -117,6 +117,22 @@ def anchor_condition_from_matches(matched_idxs: Tensor) -> Tensor:
     return matched_idxs.long().clamp(min=-1)
 
 
+class PositivesQualify:
+    """Mixin of the assigners whose own positives are the mask anchor condition (FCOS: a
+    location has no anchor box, SPEC §4; ATSS: its adaptive threshold already is an IoU
+    condition), so ``t_a`` does not apply."""
+
+    def mask_anchor_condition(
+        self,
+        anchors: Tensor,
+        matched_idxs: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
+        anchor_iou: float,
+    ) -> Tensor:
+        return anchor_condition_from_matches(matched_idxs)
+
+
 class IoUAssigner:
     """RetinaNet labelling by IoU, torchvision's ``Matcher`` batched over images.
 
@@ -189,7 +205,7 @@ class IoUAssigner:
 FCOS_SIZE_RANGES = ((0, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
 
 
-class FCOSAssigner:
+class FCOSAssigner(PositivesQualify):
     """FCOS labelling of locations.
 
     A location is positive for a GT iff
@@ -255,18 +271,6 @@ class FCOSAssigner:
         min_area, best_gt = cost.min(dim=1)  # (B, N) each
         return torch.where(torch.isfinite(min_area), best_gt, BACKGROUND)
 
-    def mask_anchor_condition(
-        self,
-        anchors: Tensor,
-        matched_idxs: Tensor,
-        gt_boxes: Tensor,
-        gt_valid: Tensor,
-        anchor_iou: float,
-    ) -> Tensor:
-        """A location has no anchor box: it qualifies for the GT it is an FCOS positive
-        of (SPEC §4); ``anchor_iou`` does not apply."""
-        return anchor_condition_from_matches(matched_idxs)
-
     def __repr__(self) -> str:
         return (
             f"FCOSAssigner(center_sampling_radius={self.center_sampling_radius}, "
@@ -274,7 +278,7 @@ class FCOSAssigner:
         )
 
 
-class ATSSAssigner:
+class ATSSAssigner(PositivesQualify):
     """ATSS (Zhang et al., CVPR 2020): an IoU threshold adapted to every GT.
 
     For each GT:
@@ -341,18 +345,6 @@ class ATSSAssigner:
         positive = candidate & (iou >= mean + std) & inside & gt_valid[..., None]  # (B, G, N)
         best_iou, best_gt = torch.where(positive, iou, -1.0).max(dim=1)  # (B, N) each
         return torch.where(best_iou >= 0, best_gt, BACKGROUND)
-
-    def mask_anchor_condition(
-        self,
-        anchors: Tensor,
-        matched_idxs: Tensor,
-        gt_boxes: Tensor,
-        gt_valid: Tensor,
-        anchor_iou: float,
-    ) -> Tensor:
-        """An anchor qualifies for the GT it is an ATSS positive of: the adaptive threshold
-        already is ATSS's IoU condition, so ``anchor_iou`` does not apply."""
-        return anchor_condition_from_matches(matched_idxs)
 
     def __repr__(self) -> str:
         return f"ATSSAssigner(topk={self.topk}, eps={self.eps})"
