@@ -4,8 +4,9 @@
     python eval.py ckpt_path=FILE experiment=shapes     # the embedded demo's data
 Writes bbox.json, segm.json and metrics.json into the run directory.
 
-    python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE [experiment=shapes]
-Writes a picture per image (masks, boxes, class names, scores) under predictions/ and the
+    python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE
+Resizes and normalises as in training (stored in the checkpoint). Writes a picture per
+image (masks, boxes, class names, scores) under predictions/ and the
 detections of all images as COCO results in predictions.json (see ``pointins.predict``).
 """
 
@@ -17,12 +18,10 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.transforms import build_test_transforms
-from pointins.lit_module import DetectionModule, module_class
+from pointins.lit_module import DetectionModule, load_module
 from pointins.loggers import (
     finish_runs,
     identity_kwargs,
@@ -31,6 +30,7 @@ from pointins.loggers import (
     training_run,
 )
 from pointins.predict import list_images, predict_images
+from pointins.predictor import Predictor
 from pointins.runner import build_datamodule, build_trainer
 
 log = logging.getLogger("eval")
@@ -39,20 +39,10 @@ log = logging.getLogger("eval")
 def load_checkpoint(path: str, class_names: list[str] | None = None) -> DetectionModule:
     """The trained module (PointINS or a torchvision baseline, whichever wrote the file),
     checked against the dataset's classes when they are given."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(file)!r} does not exist")
-    # the checkpoint has the weights: neither the ImageNet weights nor init_from's file
-    # are read again, and need not exist any more
-    saved = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
-    backbone = {**saved["hyper_parameters"]["backbone"], "pretrained": False}
-    backbone["checkpoint_path"] = None
-    model = module_class(saved["hyper_parameters"]).load_from_checkpoint(
-        file, map_location="cpu", weights_only=False, init_from=None, backbone=backbone
-    )
+    model = load_module(path)
     if class_names is not None and list(model.class_names) != list(class_names):
         raise ValueError(
-            f"Checkpoint {file} was trained on {len(model.class_names)} classes "
+            f"Checkpoint {path} was trained on {len(model.class_names)} classes "
             f"{model.class_names}, but the dataset has {len(class_names)} classes {class_names}."
             " Evaluate on the dataset it was trained on (data=...), or fine-tune on this one "
             "with `python train.py model.init_from=<ckpt>`."
@@ -79,6 +69,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = load_checkpoint(cfg.ckpt_path, datamodule.class_names)
+    if model.preprocess is not None and model.preprocess.differences(datamodule.preprocess):
+        changes = model.preprocess.differences(datamodule.preprocess).items()
+        log.warning(
+            "evaluating with preprocessing unlike training (data.*): %s; pass the "
+            "experiment/data the checkpoint was trained with to evaluate it as trained",
+            ", ".join(f"{k} {a} (training) -> {b}" for k, (a, b) in changes),
+        )
     trainer = build_trainer(cfg, wandb_kwargs(cfg))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
@@ -97,28 +94,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def predict(cfg: DictConfig) -> Path:
-    """Predict ``cfg.predict.input`` (a folder or one image) with the checkpoint."""
-    files = list_images(cfg.predict.input)
-    module = load_checkpoint(cfg.ckpt_path)
-    category_ids = module.category_ids
-    if category_ids is None:  # checkpoints written before category ids were stored
-        category_ids = list(range(1, len(module.class_names) + 1))
-        log.warning("checkpoint has no category ids: predictions.json uses label + 1")
-    datamodule = hydra.utils.instantiate(cfg.data)  # test-time resize and normalisation only
-    transforms = build_test_transforms(
-        datamodule.test_scale, datamodule.max_size, datamodule.mean, datamodule.std
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Predict ``cfg.predict.input`` (a folder or one image) with the checkpoint, at the
+    preprocessing it stores; ``predict.test_scale`` / ``predict.max_size`` /
+    ``predict.score_thresh`` / ``predict.mask_thresh`` replace the stored values."""
+    options = cfg.predict
+    files = list_images(options.input)
+    preprocess = {k: options[k] for k in ("test_scale", "max_size") if options[k] is not None}
+    module = load_module(cfg.ckpt_path, options.score_thresh, options.mask_thresh)
+    if module.preprocess is None:  # an older checkpoint: the data config's, said aloud
+        preprocess = dataclasses.replace(hydra.utils.instantiate(cfg.data).preprocess, **preprocess)
+        log.warning(
+            "checkpoint %s stores no preprocessing: using the data config's %s (pass the "
+            "experiment/data it was trained with)",
+            cfg.ckpt_path,
+            preprocess,
+        )
+    predictor = Predictor.from_module(module, batch_size=options.batch_size, preprocess=preprocess)
+    log.info("preprocessing: %s", predictor.preprocess)
     return predict_images(
-        module.model.to(device),
-        files,
-        transforms,
-        cfg.paths.output_dir,
-        module.class_names,
-        category_ids,
-        batch_size=cfg.predict.batch_size,
-        draw_score_thresh=cfg.predict.draw_score_thresh,
-        size_divisibility=datamodule.collate.size_divisibility,
+        predictor, files, cfg.paths.output_dir, draw_score_thresh=options.draw_score_thresh
     )
 
 

@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         optim=cfg.optim,
         class_names=datamodule.class_names,
         category_ids=datamodule.label_to_cat_id,
+        preprocess=datamodule.preprocess.to_dict(),
         _recursive_=False,
     )
     logger_kwargs = {}

@@ -41,6 +41,7 @@ from datamodules.transforms import (
     build_train_transforms,
 )
 from pointins.evaluation import CocoEvaluator
+from pointins.preprocess import Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -441,6 +442,7 @@ class CocoDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         train_keep_empty: bool = False,
         size_divisibility: int = 32,
+        size_buckets: Sequence[int] | None = None,
         seed: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -462,7 +464,8 @@ class CocoDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.train_keep_empty = bool(train_keep_empty)
-        self.collate = Collate(int(size_divisibility))
+        self.collate = Collate(int(size_divisibility))  # evaluation: no buckets
+        self.train_collate = Collate(int(size_divisibility), size_buckets)
         self.seed = int(seed)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -503,6 +506,13 @@ class CocoDataModule(pl.LightningDataModule):
     @property
     def label_to_cat_id(self) -> list[int]:
         return self.read_categories().cat_ids
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The test-time resize, normalisation and padding, as a checkpoint stores them."""
+        return Preprocess(
+            self.test_scale, self.max_size, self.collate.size_divisibility, self.mean, self.std
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the val dataset, and the train dataset for ``fit`` (or no stage)."""
@@ -582,7 +592,7 @@ class CocoDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            collate_fn=self.collate,
+            collate_fn=self.train_collate,
         )
 
     def _batches_done(self) -> int:

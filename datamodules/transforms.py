@@ -27,20 +27,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """Output (h, w) with shorter side ``short``, unless the longer one would exceed ``max_size``.
-
-    Rounds to the nearest pixel (detectron2's ``ResizeShortestEdge``), so the shorter side
-    is exactly ``short`` whenever the cap does not apply.
-    """
-    scale = short / min(height, width)
-    if max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+# the test pipeline's sizes and normalisation are those a checkpoint stores (Preprocess)
+from pointins.preprocess import IMAGENET_MEAN, IMAGENET_STD, resized_shape
 
 
 def masks_to_tight_boxes(masks: Tensor) -> Tensor:

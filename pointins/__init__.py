@@ -11,3 +11,22 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 from pointins import precision as _precision  # noqa: E402, F401  (registers ${fastest_precision:})
 from pointins import slurm as _slurm  # noqa: E402, F401  (registers ${slurm_count:})
+
+__all__ = ["Prediction", "Predictor", "Preprocess", "draw"]
+
+_LAZY = {
+    "Prediction": "pointins.predictor",
+    "Predictor": "pointins.predictor",
+    "draw": "pointins.predictor",
+    "Preprocess": "pointins.preprocess",
+}
+
+
+def __getattr__(name: str):
+    """``from pointins import Predictor`` without importing it (and pycocotools) for every
+    ``import pointins``."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pointins' has no attribute {name!r}")

@@ -414,7 +414,7 @@ class TorchvisionModule(DetectionModule):
             normalisation, prior, P6 input and inference options apply (see the module
             docstring).
         optim: ``optimizer`` and ``scheduler`` partial configs, and ``max_epochs``.
-        class_names, category_ids: as :class:`~pointins.lit_module.PointINSModule`.
+        class_names, category_ids, preprocess: as :class:`~pointins.lit_module.PointINSModule`.
         init_from: checkpoint to initialise from; tensors whose shape differs are skipped.
         mask, det_weight, compile: PointINS options, accepted only at their neutral values
             (``None``, 1, false) so that a PointINS-only override is a clear error.
@@ -429,6 +429,7 @@ class TorchvisionModule(DetectionModule):
         optim: Mapping,
         class_names: list[str],
         category_ids: list[int] | None = None,
+        preprocess: Mapping[str, Any] | None = None,
         init_from: str | None = None,
         mask: Mapping | None = None,
         det_weight: float = 1.0,
@@ -436,7 +437,7 @@ class TorchvisionModule(DetectionModule):
     ) -> None:
         if baseline not in BASELINES:
             raise ValueError(f"baseline={baseline!r}: choose one of {', '.join(BASELINES)}")
-        super().__init__(class_names, category_ids)
+        super().__init__(class_names, category_ids, preprocess)
         hparams = {
             "baseline": baseline,
             "backbone": plain(backbone),
@@ -445,6 +446,7 @@ class TorchvisionModule(DetectionModule):
             "optim": plain(optim),
             "class_names": list(class_names),
             "category_ids": self.category_ids,
+            "preprocess": self.preprocess and self.preprocess.to_dict(),
             "init_from": init_from,
         }
         _reject_pointins_options(

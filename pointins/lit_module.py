@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from pointins.checkpoints import init_from_checkpoint
 from pointins.evaluation.coco import log_per_class_table
 from pointins.model import build_model
+from pointins.preprocess import Preprocess
 from pointins.schedules import milestones_past_the_end, scale_to_batch
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,21 @@ class DetectionModule(pl.LightningModule):
         class_names: from the dataset's annotation file, in training-label order.
         category_ids: the dataset's category id of each label (for prediction files
             written without the dataset); ``None`` in older checkpoints.
+        preprocess: the training data's test-time resize, normalisation and padding
+            (:class:`~pointins.preprocess.Preprocess` as a dict), so that inference needs
+            no data config; ``None`` in older checkpoints.
     """
 
-    def __init__(self, class_names: list[str], category_ids: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        class_names: list[str],
+        category_ids: list[int] | None = None,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.class_names = list(class_names)
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
+        self.preprocess = None if preprocess is None else Preprocess.from_dict(plain(preprocess))
         self.evaluator = None
         self.validated_at_step: int | None = None  # global step of the last evaluation
 
@@ -184,6 +194,7 @@ class PointINSModule(DetectionModule):
         class_names: from the dataset's annotation file, in training-label order.
         category_ids: the dataset's category id of each label (for prediction files
             written without the dataset); ``None`` in older checkpoints.
+        preprocess: the data's test-time preprocessing (see :class:`DetectionModule`).
         det_weight: λ_det of §3.4 (λ_mask is ``mask.loss_weight``).
         init_from: checkpoint to initialise from (e.g. COCO -> Cityscapes); tensors whose
             shape differs (class logits) are skipped, and both lists are logged.
@@ -200,11 +211,12 @@ class PointINSModule(DetectionModule):
         optim: Mapping,
         class_names: list[str],
         category_ids: list[int] | None = None,
+        preprocess: Mapping[str, Any] | None = None,
         det_weight: float = 1.0,
         init_from: str | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(class_names, category_ids)
+        super().__init__(class_names, category_ids, preprocess)
         hparams = {
             "backbone": plain(backbone),
             "neck": plain(neck),
@@ -213,6 +225,7 @@ class PointINSModule(DetectionModule):
             "optim": plain(optim),
             "class_names": list(class_names),
             "category_ids": self.category_ids,
+            "preprocess": self.preprocess and self.preprocess.to_dict(),
             "det_weight": det_weight,
             "init_from": init_from,
             "compile": compile,
@@ -238,6 +251,16 @@ class PointINSModule(DetectionModule):
     def step_losses(self, batch) -> dict[str, torch.Tensor]:
         return self.model.losses(batch.images, batch.targets, self._step_generator())
 
+    def on_train_epoch_end(self) -> None:
+        """With ``compile``: how many graphs torch.compile has built so far (it builds one
+        per new input-shape family it cannot reuse; ``data.size_buckets`` bounds them)."""
+        if self.hparams.compile:
+            from torch._dynamo.utils import counters
+
+            graphs = int(counters["stats"]["unique_graphs"])
+            self.log("compile/graphs", float(graphs), rank_zero_only=True)
+            log.info("torch.compile: %d graphs compiled so far", graphs)
+
     def _step_generator(self) -> torch.Generator:
         """RNG of this step's mask sampling: a function of (seed, step), so that a resumed
         run samples exactly what the uninterrupted run would have."""
@@ -253,3 +276,39 @@ def module_class(hparams: Mapping[str, Any]) -> type[DetectionModule]:
 
         return TorchvisionModule
     return PointINSModule
+
+
+def load_module(
+    path: str | Path, score_thresh: float | None = None, mask_thresh: float | None = None
+) -> DetectionModule:
+    """The trained module in checkpoint ``path`` (PointINS or a torchvision baseline,
+    whichever wrote it), on the CPU, in eval mode. ``score_thresh`` and ``mask_thresh``
+    replace the stored ``detector.postprocess.score_thresh`` and ``mask.mask_thresh``
+    (``None`` keeps them). The backbone's ImageNet weights and ``init_from``'s file are not
+    read again: the checkpoint has the weights."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {str(file)!r} does not exist")
+    saved = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+    hparams = saved.get("hyper_parameters")
+    if not hparams or "class_names" not in hparams:
+        raise ValueError(
+            f"{file} is not a checkpoint written by train.py: it has no hyper-parameters "
+            "with class_names"
+        )
+    overrides: dict[str, Any] = {
+        "init_from": None,
+        "backbone": {**hparams["backbone"], "pretrained": False, "checkpoint_path": None},
+    }
+    if score_thresh is not None:
+        detector = hparams["detector"]
+        postprocess = {**detector["postprocess"], "score_thresh": float(score_thresh)}
+        overrides["detector"] = {**detector, "postprocess": postprocess}
+    if mask_thresh is not None:
+        if not hparams.get("mask"):
+            raise ValueError(f"mask_thresh given, but checkpoint {file} has no PointINS masks")
+        overrides["mask"] = {**hparams["mask"], "mask_thresh": float(mask_thresh)}
+    module = module_class(hparams).load_from_checkpoint(
+        file, map_location="cpu", weights_only=False, **overrides
+    )
+    return module.eval()

@@ -28,7 +28,8 @@ class PointINS(nn.Module):
     ``mask_weight`` is λ_mask (§3.4), ``edge_weight`` the weight of target edges in the
     mask BCE, ``dice_weight`` that of an added Dice term (0 in the paper), and
     ``maskness`` rescores every detection by its mask's confidence at inference
-    (:func:`~pointins.mask.scoring.maskness`; off in the paper).
+    (:func:`~pointins.mask.scoring.maskness`; off in the paper), and a pasted pixel is
+    foreground where its mask probability is at least ``mask_thresh``.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class PointINS(nn.Module):
         edge_weight: float = 4.0,
         dice_weight: float = 0.0,
         maskness: bool = False,
+        mask_thresh: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -55,6 +57,7 @@ class PointINS(nn.Module):
         self.edge_weight = edge_weight
         self.dice_weight = dice_weight
         self.maskness = maskness
+        self.mask_thresh = mask_thresh
         self.to(memory_format=torch.channels_last)
 
     def compile_network(self, **options) -> None:
@@ -135,7 +138,7 @@ class PointINS(nn.Module):
             boxes = det.boxes * scale  # (n, 4) original pixels
             out = {"boxes": boxes, "scores": det.scores, "labels": det.labels}
             if det.masks is not None:
-                out["masks"] = paste_masks(det.masks, boxes, (h0, w0))
+                out["masks"] = paste_masks(det.masks, boxes, (h0, w0), self.mask_thresh)
             results.append(out)
         return results
 
@@ -143,6 +146,8 @@ class PointINS(nn.Module):
 def rescore(det: Detections, factor: Tensor) -> Detections:
     """``det`` with its scores multiplied by ``factor`` ``(n,)``, re-sorted by score."""
     det.scores = det.scores * factor
+    if torch.jit.is_tracing():  # ONNX has no stable sort; ties are left in either order
+        return det[det.scores.topk(det.scores.shape[0]).indices]
     return det[det.scores.argsort(descending=True, stable=True)]
 
 
@@ -151,12 +156,7 @@ def queries_from_detections(
 ) -> InstanceQueries:
     """One query per kept detection: its own level, location, anchor and regressed box."""
     device = detections[0].boxes.device
-    batch_idx = torch.cat(
-        [
-            torch.full((len(d),), i, dtype=torch.long, device=device)
-            for i, d in enumerate(detections)
-        ]
-    )
+    batch_idx = torch.cat([torch.full_like(d.labels, i) for i, d in enumerate(detections)])
     level = torch.cat([d.level for d in detections])  # (N,)
     stride = torch.as_tensor(strides, dtype=torch.float32, device=device)[level]  # (N,)
     return InstanceQueries(
@@ -219,7 +219,8 @@ def build_model(
 
     ``mask`` holds :class:`InstanceAwareMask`'s arguments plus the keys the network itself
     keeps: ``sampling`` (the :class:`QuerySampler`'s), ``loss_weight`` (λ_mask),
-    ``edge_weight``, ``dice_weight`` and ``maskness``. The mappings are not modified.
+    ``edge_weight``, ``dice_weight``, ``maskness`` and ``mask_thresh``. The mappings are not
+    modified.
     """
     backbone_m = instantiate(backbone)
     neck_m = instantiate(
@@ -231,7 +232,14 @@ def build_model(
     detector_m = build_detector(detector, neck_m.out_channels, num_classes, neck_m.strides)
     if mask is None:
         return PointINS(backbone_m, neck_m, detector_m, det_weight=det_weight)
-    network_keys = ("sampling", "loss_weight", "edge_weight", "dice_weight", "maskness")
+    network_keys = (
+        "sampling",
+        "loss_weight",
+        "edge_weight",
+        "dice_weight",
+        "maskness",
+        "mask_thresh",
+    )
     mask_m = instantiate(
         {k: v for k, v in mask.items() if k not in network_keys},
         in_channels=detector_m.head.out_channels,
@@ -248,4 +256,5 @@ def build_model(
         mask.get("edge_weight", 4.0),
         mask.get("dice_weight", 0.0),
         mask.get("maskness", False),
+        mask.get("mask_thresh", 0.5),
     )

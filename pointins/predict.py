@@ -1,10 +1,10 @@
 """Prediction on unlabelled images: a picture per image and one COCO results JSON.
 
-    python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE [experiment=... data=...]
+    python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE
 
-The data config supplies only the test-time resize and normalisation (``test_scale``,
-``max_size``, ``mean``, ``std``), so an image is seen exactly as in evaluation. Written
-into the run directory:
+The checkpoint supplies the test-time resize and normalisation it was trained with (see
+:class:`~pointins.predictor.Predictor`), so an image is seen exactly as in evaluation.
+Written into the run directory:
 
 * ``predictions/<image stem>.png``: the image with masks, boxes, class names and scores
   of the detections scoring at least ``predict.draw_score_thresh`` (display only);
@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torchvision import tv_tensors
 from torchvision.ops import box_convert
-from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from pointins.evaluation.coco import encode_masks
-from pointins.model import PointINS
-from pointins.structures import pad_images
-from pointins.visualize import draw_instances
+from pointins.predictor import Prediction, Predictor, draw
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +65,14 @@ def read_image(path: Path) -> Tensor | None:
 
 
 def to_coco_results(
-    prediction: dict[str, Tensor], image_id: int, file_name: str, category_ids: Sequence[int]
+    prediction: Prediction, image_id: int, file_name: str, category_ids: Sequence[int]
 ) -> list[dict]:
     """One COCO result per detection of one image (boxes xywh in original pixels)."""
-    boxes = box_convert(prediction["boxes"], "xyxy", "xywh").tolist()  # (n, 4)
-    rles = encode_masks(prediction["masks"]) if "masks" in prediction else [None] * len(boxes)
+    boxes = box_convert(prediction.boxes, "xyxy", "xywh").tolist()  # (n, 4)
+    rles = [None] * len(boxes) if prediction.masks is None else prediction.rle()
     results = []
     for box, score, label, rle in zip(
-        boxes, prediction["scores"].tolist(), prediction["labels"].tolist(), rles, strict=True
+        boxes, prediction.scores.tolist(), prediction.labels.tolist(), rles, strict=True
     ):
         result = {
             "image_id": image_id,
@@ -92,28 +87,21 @@ def to_coco_results(
     return results
 
 
-@torch.no_grad()
 def predict_images(
-    model: PointINS,
+    predictor: Predictor,
     files: Sequence[Path],
-    transforms: Callable,
     output_dir: str | Path,
-    class_names: Sequence[str],
-    category_ids: Sequence[int],
-    batch_size: int = 4,
     draw_score_thresh: float = 0.3,
-    size_divisibility: int = 32,
 ) -> Path:
     """Predict ``files`` in batches; write pictures and ``predictions.json``; return its path."""
     output_dir = Path(output_dir)
     pictures = output_dir / "predictions"
     pictures.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    model.eval()
     results: list[dict] = []
     skipped: list[str] = []
     indexed = list(enumerate(files))  # image_id = position in the listing
-    batches = [indexed[i : i + batch_size] for i in range(0, len(indexed), batch_size)]
+    size = predictor.batch_size
+    batches = [indexed[i : i + size] for i in range(0, len(indexed), size)]
     with tqdm(total=len(files), desc="Predicting", unit="img") as bar:
         for chunk in batches:
             loaded = []  # (image_id, path, (3, H0, W0) uint8)
@@ -123,23 +111,11 @@ def predict_images(
                     skipped.append(str(path))
                 else:
                     loaded.append((image_id, path, image))
-            if loaded:
-                inputs = [
-                    transforms(tv_tensors.Image(image)).as_subclass(Tensor)
-                    for _, _, image in loaded
-                ]  # each (3, h, w) float, normalised
-                batch = pad_images(inputs, size_divisibility).to(device)  # (b, 3, Hp, Wp)
-                predictions = model.predict(
-                    batch,
-                    [tuple(x.shape[-2:]) for x in inputs],
-                    [tuple(image.shape[-2:]) for _, _, image in loaded],
-                )
-                for (image_id, path, image), pred in zip(loaded, predictions, strict=True):
-                    pred = {k: v.cpu() for k, v in pred.items()}
-                    results += to_coco_results(pred, image_id, path.name, category_ids)
-                    shown = {k: v[pred["scores"] >= draw_score_thresh] for k, v in pred.items()}
-                    picture = draw_instances(image, shown, class_names)
-                    to_pil_image(picture).save(pictures / f"{path.stem}.png")
+            predictions = predictor.predict_loaded([image for _, _, image in loaded])
+            for (image_id, path, image), pred in zip(loaded, predictions, strict=True):
+                pred = pred.to("cpu")
+                results += to_coco_results(pred, image_id, path.name, predictor.category_ids)
+                draw(image, pred, draw_score_thresh).save(pictures / f"{path.stem}.png")
             bar.update(len(chunk))
     out = output_dir / "predictions.json"
     out.write_text(json.dumps(results))

@@ -21,3 +21,22 @@ def compose_cfg():
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_checkpoint(detector="fcos") -> (checkpoint, data dir): the TINY recipe
+    (tests/tiny.py) trained once per session and detector, with score threshold 0 so that
+    the barely trained model still detects (its 100 best per image)."""
+    from tiny import train_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    trained: dict[str, Path] = {}
+
+    def _get(detector: str = "fcos") -> tuple[Path, Path]:
+        if detector not in trained:
+            extra = [f"detector={detector}", "model.detector.postprocess.score_thresh=0.0"]
+            trained[detector] = train_tiny(root / detector, root / "data", extra)
+        return trained[detector], root / "data"
+
+    return _get

@@ -11,36 +11,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from pycocotools import mask as mask_utils
+from tiny import TINY
 
 import eval as eval_entry
 import train as train_entry
 from datamodules.synthetic import CATEGORIES, generate_shapes
-
-# A model and data small enough to train a few steps on CPU in seconds.
-TINY = [
-    "experiment=shapes",
-    "data.num_train=8",
-    "data.num_val=2",
-    "data.train_scales=[96]",
-    "data.max_size=128",
-    "data.test_scale=96",
-    "data.batch_size=2",
-    "data.val_batch_size=2",
-    "data.num_workers=0",
-    "model.neck.out_channels=32",
-    "model.detector.head.conv_dim=32",
-    "model.detector.head.num_convs=1",
-    "model.mask.K=8",
-    "model.mask.mask_dim=16",
-    "model.mask.head_convs=1",
-    "optim.scheduler.warmup_steps=2",
-    "optim.max_epochs=2",
-    "trainer.check_val_every_n_epoch=1",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "logger=csv",
-    "callbacks.progress_bar.refresh_rate=0",
-]
 
 
 @pytest.fixture
