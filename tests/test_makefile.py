@@ -59,3 +59,26 @@ def test_clean_runs_removes_outputs_and_multirun(checkout):
     assert not (checkout / "outputs").exists() and not (checkout / "multirun").exists()
     for name in CACHES + KEPT:
         assert (checkout / name).is_file(), name
+
+
+def test_conda_environment_lists_what_the_venv_installs():
+    """environment.yml (conda users) names every dependency of pyproject.toml, the extras
+    the Makefile's venv installs included, with the same version bounds; torch and
+    torchvision at the Makefile's pins."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    makefile = (ROOT / "Makefile").read_text()
+    extras = makefile.split("-e '.[", 1)[1].split("]", 1)[0].split(",")
+    wanted = list(project["dependencies"])
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+    listed = {
+        line.strip()[2:].split("#")[0].strip()
+        for line in (ROOT / "environment.yml").read_text().splitlines()
+        if line.strip().startswith("- ")
+    }
+    pins = makefile.split("TORCH_PINS ?=", 1)[1].splitlines()[0].split()
+    wanted = [d for d in wanted if not d.startswith(("torch>", "torchvision>"))] + pins
+    missing = [dep for dep in wanted if dep not in listed]
+    assert not missing, f"environment.yml lacks {missing}"

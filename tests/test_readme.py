@@ -73,3 +73,32 @@ def test_readme_command_composes(compose_cfg, entry, args):
     overrides = overrides_of(args)
     cfg = compose_cfg(overrides, config_name=entry)
     OmegaConf.to_container(cfg.model, resolve=True)  # every interpolation in the model resolves
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n#", 1)[0]
+
+
+def test_the_python_example_and_the_export_command_run_as_written(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """The README's Predictor example and ONNX command, run verbatim in a folder holding a
+    trained checkpoint and a val image where the README says they are."""
+    pytest.importorskip("onnxruntime")
+    text = (ROOT / "README.md").read_text()
+    code = _section(text, "### From Python").split("```python\n", 1)[1].split("```", 1)[0]
+    export = re.search(r"^python -m pointins\.export (.+)$", _section(text, "### ONNX"), re.M)
+    ckpt, data = tiny_checkpoint("fcos")
+    image = re.search(r'"(data/shapes/images/val/[^"]+)"', code).group(1)
+    (tmp_path / image).parent.mkdir(parents=True)
+    (tmp_path / image).write_bytes(sorted((data / "shapes/images/val").iterdir())[0].read_bytes())
+    (tmp_path / "outputs/demo/checkpoints").mkdir(parents=True)
+    (tmp_path / "outputs/demo/checkpoints/last.ckpt").symlink_to(ckpt)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "prediction.png").is_file()
+
+    from pointins.export import OnnxPredictor, main
+
+    out = main(shlex.split(export.group(1).split("#")[0]))
+    assert out == Path("pointins.onnx") and len(OnnxPredictor(out)(image)) > 0

@@ -61,6 +61,11 @@ class _GridAnchorGenerator:
         Results are cached by ``(feature_sizes, device, dtype)``: repeated calls
         return the same tensors, which callers must not modify in place.
         """
+        if torch.jit.is_tracing():  # ONNX export: sizes are traced values, not cache keys
+            return [
+                self._grid_anchors(level, h, w, torch.device(device)).to(dtype)
+                for level, (h, w) in enumerate(feature_sizes)
+            ]
         sizes = self._check_sizes(feature_sizes)
         key = ("anchors", sizes, torch.device(device), dtype)
         cached = self._cache_get(key)

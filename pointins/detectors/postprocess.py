@@ -33,13 +33,25 @@ def _level_scores(cls_logits: Tensor, centerness: Tensor | None) -> Tensor:
     return torch.sqrt(scores * centerness.sigmoid()[..., None])  # (B, HWA, C)
 
 
-def _clip_batched(boxes: Tensor, image_sizes: Sequence[tuple[int, int]]) -> Tensor:
-    """Clip ``(B, K, 4)`` boxes to each image's ``(h, w)``.
+def _topk_size(scores: Tensor, topk: int) -> int | Tensor:
+    """``min(topk, scores.shape[1])``; a traced value when exporting, so that an exported
+    graph takes the top-k of every input size rather than of the traced one's."""
+    if torch.jit.is_tracing():
+        available = torch._shape_as_tensor(scores)[1:2]  # (1,) traced
+        return torch.clamp(available, max=topk)[0]
+    return min(topk, scores.shape[1])
+
+
+def _clip_batched(boxes: Tensor, image_sizes: Sequence[tuple[int, int]] | Tensor) -> Tensor:
+    """Clip ``(B, K, 4)`` boxes to each image's ``(h, w)`` (a ``(B, 2)`` tensor too).
 
     The batched form of ``torchvision.ops.clip_boxes_to_image``, which takes one
     size per call.
     """
-    hw = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (B, 2)
+    if isinstance(image_sizes, Tensor):  # traced in an ONNX export
+        hw = image_sizes.to(device=boxes.device, dtype=boxes.dtype)  # (B, 2)
+    else:
+        hw = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (B, 2)
     upper = hw.flip(-1).repeat(1, 2)[:, None, :]  # (B, 1, 4) as (w, h, w, h)
     return torch.minimum(boxes.clamp(min=0), upper)  # (B, K, 4)
 
@@ -88,8 +100,8 @@ def postprocess_detections(
         ctr = None if centerness is None else centerness[level]
         scores = _level_scores(cls_logits[level], ctr)  # (B, HWA, C)
         scores = scores.reshape(batch, -1)  # (B, HWA * C), class fastest
-        k = min(topk_candidates, scores.shape[1])
-        top_scores, top_idx = scores.topk(k, dim=1)  # (B, k) each
+        top_scores, top_idx = scores.topk(_topk_size(scores, topk_candidates), dim=1)  # (B, k)
+        k = top_idx.shape[1]
         anchor_in_level = top_idx // num_classes  # (B, k) flat index (y * W + x) * A + a
         location = anchor_in_level // num_anchors  # (B, k) y * W + x
         reg = torch.gather(
@@ -125,16 +137,18 @@ def postprocess_detections(
     groups = flat["image"] * num_classes + flat["labels"]  # (M,)
     # kept: indices into the M candidates, by decreasing score
     kept = batched_nms(flat["boxes"].float(), flat["scores"].float(), groups, nms_thresh)
-    image_of_kept = flat["image"][kept]
-    kept = kept[torch.argsort(image_of_kept, stable=True)]  # by image, score desc within
-    image_of_kept = flat["image"][kept]
-    counts = count_per_index(image_of_kept, batch)  # (B,)
-    starts = torch.cumsum(counts, 0) - counts  # (B,)
-    rank = torch.arange(kept.shape[0], device=device) - starts[image_of_kept]  # rank in image
-    kept = kept[rank < detections_per_img]
-    counts = counts.clamp(max=detections_per_img)
-
-    out = {name: value[kept].split(counts.tolist()) for name, value in flat.items()}
+    if batch == 1:  # one image: no regrouping, no split (an exported graph's path)
+        out = {name: (value[kept[:detections_per_img]],) for name, value in flat.items()}
+    else:
+        image_of_kept = flat["image"][kept]
+        kept = kept[torch.argsort(image_of_kept, stable=True)]  # by image, score desc within
+        image_of_kept = flat["image"][kept]
+        counts = count_per_index(image_of_kept, batch)  # (B,)
+        starts = torch.cumsum(counts, 0) - counts  # (B,)
+        rank = torch.arange(kept.shape[0], device=device) - starts[image_of_kept]  # in image
+        kept = kept[rank < detections_per_img]
+        counts = counts.clamp(max=detections_per_img)
+        out = {name: value[kept].split(counts.tolist()) for name, value in flat.items()}
     return [
         Detections(
             boxes=out["boxes"][i],

@@ -59,7 +59,7 @@ def gather_patches(
     xs = queries.yx[:, 1, None] + win_dx  # (N, kk)
     img = queries.batch_idx[:, None]  # (N, 1)
 
-    patches = features[0].new_zeros(len(queries), kk, channels)  # (N, kk, F)
+    patches = features[0].new_zeros(ys.shape[0], kk, channels)  # (N, kk, F)
     for level, feat in enumerate(features):
         _, feat_channels, height, width = feat.shape
         if feat_channels != channels:
@@ -73,7 +73,7 @@ def gather_patches(
         # advanced indices around a slice go first: (N, kk, F)
         patch = feat.flatten(2)[img, :, flat_idx]
         patches = torch.where(keep[..., None], patch, patches)  # zero padding, (N, kk, F)
-    return patches.reshape(len(queries), kk * channels)  # (N, kk*F)
+    return patches.flatten(1)  # (N, kk*F)
 
 
 def read_from_finer_level(

@@ -1,0 +1,71 @@
+"""ONNX export: the exported graph passes onnx.checker and onnxruntime gives the detections
+and masks of the PyTorch model on the embedded val images, for both detectors, at any
+input size; the command line says what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from pointins import Predictor
+from pointins.export import OnnxPredictor, export_onnx, main
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _matched(torch_pred, onnx_pred) -> None:
+    """Same detections: each PyTorch detection has an ONNX one of its label with every box
+    side within a pixel, its score within 1e-3 and a mask IoU of at least 0.99."""
+    assert len(onnx_pred) == len(torch_pred) > 0
+    iou = box_iou(torch_pred.boxes, onnx_pred.boxes)  # (n, n)
+    same_label = torch_pred.labels[:, None] == onnx_pred.labels[None, :]
+    best = (iou * same_label).argmax(1)  # (n,)
+    assert (torch_pred.boxes - onnx_pred.boxes[best]).abs().max() < 1.0
+    torch.testing.assert_close(torch_pred.scores, onnx_pred.scores[best], atol=1e-3, rtol=0)
+    a, b = torch_pred.masks, onnx_pred.masks[best]  # (n, H, W) bool
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    mask_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    assert mask_iou.min() >= 0.99, mask_iou.min()
+
+
+@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
+def test_onnxruntime_matches_pytorch_on_the_val_images(tiny_checkpoint, tmp_path, detector):
+    ckpt, data = tiny_checkpoint(detector)
+    out = main([f"ckpt_path={ckpt}", f"out={tmp_path / 'model.onnx'}"])
+    files = sorted((data / "shapes" / "images" / "val").iterdir())
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=1)
+    session = OnnxPredictor(out)
+    assert session.class_names == predictor.class_names and session.canvas is None
+    for file in files:  # sizes unlike the synthetic square the graph was traced with
+        _matched(predictor(file), session(file))
+
+
+def test_a_fixed_size_export_pads_every_image_to_it(tiny_checkpoint, tmp_path):
+    ckpt, data = tiny_checkpoint("fcos")
+    out = main([f"ckpt_path={ckpt}", f"out={tmp_path / 'fixed.onnx'}", "dynamic=false"])
+    session = OnnxPredictor(out)
+    assert session.canvas == (128, 128)  # max_size square: every resized image fits
+    file = sorted((data / "shapes" / "images" / "val").iterdir())[0]
+    result = session(file)
+    assert result.masks is not None and result.masks.shape[-2:] == result.image_size
+
+
+def test_command_line_errors_name_the_option(tmp_path):
+    with pytest.raises(SystemExit, match="key=value"):
+        main(["model.ckpt"])
+    with pytest.raises(SystemExit, match="ckpt_path"):
+        main([f"out={tmp_path / 'm.onnx'}"])
+    with pytest.raises(SystemExit, match="opset"):
+        main(["ckpt_path=x", "opset=seventeen"])
+    with pytest.raises(SystemExit, match="Key 'bogus'"):
+        main(["ckpt_path=x", "bogus=1"])
+    with pytest.raises(FileNotFoundError, match="x.ckpt"):
+        main([f"ckpt_path={tmp_path / 'x.ckpt'}"])
+
+
+def test_only_pointins_exports(tmp_path):
+    with pytest.raises(TypeError, match="ONNX export covers PointINS"):
+        export_onnx(torch.nn.Linear(1, 1), None, tmp_path / "m.onnx", ["a"])
