@@ -13,12 +13,15 @@ Cases (``kind``):
   paste), torchvision's Mask R-CNN on our backbone and FPN
   (:func:`pointins.baselines.build_maskrcnn`: width-matched) and the stock
   ``maskrcnn_resnet50_fpn`` built without weights; PointINS-FCOS with 4K x 4K masks
-  (``model.mask.output_scale=4``: the cost of the finer output); also against the number
-  of detections (``table: detections``) and the input size (``table: scales``);
+  (``model.mask.output_scale=4``: the cost of the finer output); PointINS-FCOS exported to
+  ONNX and run by onnxruntime on the CPU (``pip install -e .[export]``), one image at a
+  time, boxes scaled and masks pasted in Python; also against the number of detections
+  (``table: detections``) and the input size (``table: scales``);
 * ``train``: seconds per optimiser step and peak memory at the recipe's batch size,
-  PointINS, the plain detectors and Mask R-CNN (width-matched), on one real batch of the
-  embedded training data, PointINS with ``checkpoint_towers=true`` (memory for time) and
-  PointINS-FCOS with 4K x 4K masks;
+  PointINS, the plain detectors and Mask R-CNN (width-matched, its RoI heads fed as in
+  real training: :mod:`benchmarks.roi_work`), on one real batch of the embedded training
+  data, with the mask RoIs per image each model trained on; PointINS with
+  ``checkpoint_towers=true`` (memory for time) and PointINS-FCOS with 4K x 4K masks;
 * ``loader``: the training dataloader alone (default worker count), images/second;
 * ``eval_memory``: memory of the evaluation loop (predict, RLE-encode, accumulate), read
   after given numbers of val images of one pass: streaming evaluation keeps it flat.
@@ -27,6 +30,7 @@ Cases (``kind``):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from benchmarks.config import compose_config
 from benchmarks.measure import PeakMemory, epochs, measure, to_device
+from benchmarks.roi_work import POINTINS_AS_TRAINED, RoICounter, feed_like_real_training
 from pointins.baselines import IdentityTransform, TorchvisionDetector, build_torchvision
 from pointins.model import build_model
 from pointins.runner import build_datamodule
@@ -112,12 +118,38 @@ def sample_batch(cfg: DictConfig, train: bool, batch_size: int) -> tuple[Batch, 
     dm.setup("fit" if train else "validate")
     dataset = dm.train_dataset if train else dm.val_dataset
     samples = [dataset[i] for i in range(batch_size)]
-    return dm.collate(samples), dm.class_names
+    collate = dm.train_collate if train else dm.collate
+    return collate(samples), dm.class_names
 
 
 def inference_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], list[dict]]:
     """Images in, detections with masks pasted at the original resolution out."""
     return lambda: model.predict(batch.images, batch.image_sizes, batch.orig_sizes)
+
+
+def onnx_inference_fn(
+    model: nn.Module, cfg: DictConfig, batch: Batch, class_names: list[str], out: Path
+) -> Callable[[], list[dict]]:
+    """The model exported to ONNX (:mod:`pointins.export`), run by onnxruntime on the CPU
+    one image at a time, boxes scaled and masks pasted in Python: what
+    :class:`~pointins.export.OnnxPredictor` does after the resize."""
+    from pointins.export import OnnxPredictor, export_onnx
+
+    preprocess = instantiate(cfg.data).preprocess
+    session = OnnxPredictor(export_onnx(model, preprocess, out / "model.onnx", class_names))
+    div = preprocess.size_divisibility
+    images = [  # each image padded on its own, as the exported graph takes it
+        image[None, :, : -(-h // div) * div, : -(-w // div) * div]
+        for image, (h, w) in zip(batch.images.cpu(), batch.image_sizes, strict=True)
+    ]
+
+    def run() -> list[dict]:
+        outputs = []
+        for image, size, orig in zip(images, batch.image_sizes, batch.orig_sizes, strict=True):
+            outputs.append({"scores": session.predict_padded(image, size, orig).scores})
+        return outputs
+
+    return run
 
 
 def training_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], None]:
@@ -153,10 +185,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     kind = case["kind"]
     model_choice = MODEL_OVERRIDES.get(case.get("model", ""), [])
     detections = case.get("detections", args.detections)
+    as_trained = POINTINS_AS_TRAINED if kind == "train" and case.get("model") in POINTINS else []
     cfg = recipe(
         args,
         [
             *model_choice,
+            *as_trained,
             *case.get("overrides", []),
             f"model.detector.postprocess.detections_per_img={detections}",
         ],
@@ -183,6 +217,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     autocast = torch.autocast(device.type, enabled=case.get("amp", False))
     if train:
         model.train()
+        if case["model"] == MASKRCNN:
+            feed_like_real_training(model)  # its RoI heads sample as in real training
+        counter = RoICounter(model)
         step = training_fn(case["model"], model, batch)
 
         def autocast_step() -> None:
@@ -192,10 +229,13 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         result = measure(autocast_step, device, args.warmup, args.train_repeats)
         del result["output"]
         result["images_per_second"] = batch_size / result["seconds"]
-        return result
+        return {**result, **counter.summary()}
 
     model.eval()
-    run = inference_fn(case["model"], model, batch)
+    if case.get("variant") == "onnxruntime":
+        run = onnx_inference_fn(model, cfg, batch, class_names, Path(args.out) / "onnx")
+    else:
+        run = inference_fn(case["model"], model, batch)
     with torch.no_grad(), autocast:
         if kind == "eval_memory":
             return eval_memory(case, args, cfg, model, device)
@@ -260,6 +300,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     for amp in precisions:
         cases += [{"kind": "infer", "model": m, "amp": amp} for m in models]
         cases.append({"kind": "infer", "model": "pointins-fcos", "amp": amp, **finer_masks})
+    if args.device == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
+        cases.append({"kind": "infer", "model": "pointins-fcos", "variant": "onnxruntime"})
     for amp in precisions:
         cases += [
             {"kind": "train", "model": m, "amp": amp} for m in (*POINTINS, *DETECTORS, MASKRCNN)

@@ -22,8 +22,9 @@ shows rounded corners and filled holes, which area IoU forgives on large objects
 the FPN levels the detections came from (for RetinaNet and FCOS, object size) and COCO's
 size ranges.
 
-Ranking: mask AP is computed three times with the dataset's evaluator: with the detection
-scores; with them rescored by the masks' own confidence (``maskness``, what
+Ranking: mask AP is computed three times with the dataset's evaluator: with the detector's
+scores (also for a checkpoint trained with ``maskness``, whose predictions are the second
+ranking); with them rescored by the masks' own confidence (``maskness``, what
 ``model.mask.maskness=true`` does at inference); and with every detection scored by its
 mask's IoU with the best GT mask of its class (an oracle ranking: the same masks, the best
 order). The last minus the first is the AP lost because detections with poor masks outrank
@@ -237,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     model = module.model.eval()
     if getattr(model, "mask", None) is None:
         raise SystemExit(f"--ckpt {args.ckpt}: the checkpoint has no mask module (mask=none)")
+    # the detector's own scores select and rank ("as scored"); a checkpoint trained with
+    # model.mask.maskness=true predicts with the "maskness" ranking
+    rescored = model.maskness
+    model.maskness = False
     strides = model.detector.strides
     with tempfile.TemporaryDirectory() as tmp:
         evaluators = {
@@ -272,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         ap = {name: evaluator.compute()["segm/AP"] for name, evaluator in evaluators.items()}
     lost = ap["oracle ranking"] - ap["as scored"]
     text = (
-        f"{args.ckpt}: {seen} val images, detections scoring >= {args.score_thresh}\n\n"
+        f"{args.ckpt}: {seen} val images, detections scoring >= {args.score_thresh} "
+        f"(detector scores{'; the checkpoint predicts with maskness' if rescored else ''})\n\n"
         + summary_table(torch.cat(rows), len(strides), args.oracle_scale)
         + "\n\n| ranking | segm AP |\n|---|---:|\n"
         + "".join(f"| {name} | {value:.1f} |\n" for name, value in ap.items())

@@ -24,6 +24,16 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def roi_counts(res: dict[str, Any]) -> str:
+    """``mask RoIs per image (sampled RoIs per image)`` of a training row, or ``–``."""
+    masks = res.get("mask_rois_per_image")
+    if not masks:
+        return "–"
+    sampled = res.get("sampled_rois_per_image")
+    text = " / ".join(map(str, masks))
+    return text + (f" ({' / '.join(map(str, sampled))})" if sampled else "")
+
+
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     """The Markdown tables of one run."""
 
@@ -78,8 +88,10 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         lines += [
             "",
             "| training | precision | s/iter | × Mask R-CNN (speed) | peak MiB "
-            "| × Mask R-CNN (mem) |" + (" peak RSS MiB | × Mask R-CNN (RSS) |" if rss else ""),
-            "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if rss else ""),
+            "| × Mask R-CNN (mem) |"
+            + (" peak RSS MiB | × Mask R-CNN (RSS) |" if rss else "")
+            + " mask RoIs / image (sampled RoIs) |",
+            "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if rss else "") + "---|",
         ]
     for case, res in results:
         if case["kind"] == "train":
@@ -95,6 +107,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                     if rss
                     else ""
                 )
+                + f" {roi_counts(res)} |"
             )
     for table, key, label in (
         ("detections", "detections", "detections/img"),

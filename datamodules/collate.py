@@ -13,19 +13,34 @@ __all__ = ["Batch", "Collate", "pad_images"]
 
 
 class Collate:
-    """DataLoader ``collate_fn``: ``(image, target, meta)`` samples → :class:`Batch`."""
+    """DataLoader ``collate_fn``: ``(image, target, meta)`` samples → :class:`Batch`.
 
-    def __init__(self, size_divisibility: int = 32) -> None:
+    Images are zero-padded to a multiple of ``size_divisibility``; with ``size_buckets``
+    each side is padded further to the smallest bucket that holds it, so that a compiled
+    model (``model.compile=true``) meets a bounded set of input shapes.
+    """
+
+    def __init__(
+        self, size_divisibility: int = 32, size_buckets: Sequence[int] | None = None
+    ) -> None:
         if size_divisibility < 1:
             raise ValueError(f"size_divisibility must be >= 1, got {size_divisibility}")
+        buckets = sorted(int(b) for b in (size_buckets or ()))
+        bad = [b for b in buckets if b < 1 or b % size_divisibility]
+        if bad:
+            raise ValueError(
+                f"data.size_buckets {bad} must be positive multiples of "
+                f"data.size_divisibility={size_divisibility}"
+            )
         self.size_divisibility = size_divisibility
+        self.size_buckets = tuple(buckets)
 
     def __call__(
         self, samples: Sequence[tuple[Tensor, Mapping[str, Tensor], Mapping[str, Any]]]
     ) -> Batch:
         images = [image.as_subclass(Tensor) for image, _, _ in samples]
         return Batch(
-            images=pad_images(images, self.size_divisibility),
+            images=pad_images(images, self.size_divisibility, self.size_buckets),
             image_sizes=[(int(img.shape[-2]), int(img.shape[-1])) for img in images],
             orig_sizes=[tuple(int(s) for s in meta["orig_size"]) for _, _, meta in samples],
             image_ids=[int(meta["image_id"]) for _, _, meta in samples],

@@ -168,15 +168,23 @@ class Batch:
         )
 
 
-def pad_images(images: Sequence[Tensor], size_divisibility: int) -> Tensor:
-    """Stack (3, h, w) images into (B, 3, Hp, Wp), zero-padded bottom/right to a multiple."""
-    height = math.ceil(max(img.shape[-2] for img in images) / size_divisibility)
-    width = math.ceil(max(img.shape[-1] for img in images) / size_divisibility)
+def padded_side(side: int, size_divisibility: int, buckets: Sequence[int] = ()) -> int:
+    """``side`` rounded up to a multiple of ``size_divisibility``, then up to the smallest
+    of ``buckets`` that holds it (unchanged when none does)."""
+    side = math.ceil(side / size_divisibility) * size_divisibility
+    return min((b for b in buckets if b >= side), default=side)
+
+
+def pad_images(
+    images: Sequence[Tensor], size_divisibility: int, buckets: Sequence[int] = ()
+) -> Tensor:
+    """Stack (3, h, w) images into (B, 3, Hp, Wp), zero-padded bottom/right to a multiple of
+    ``size_divisibility`` (and with ``buckets``, to the smallest bucket side that holds it)."""
+    height = padded_side(max(img.shape[-2] for img in images), size_divisibility, buckets)
+    width = padded_side(max(img.shape[-1] for img in images), size_divisibility, buckets)
     first = images[0]
     padded = torch.zeros(
-        (len(images), first.shape[0], height * size_divisibility, width * size_divisibility),
-        dtype=first.dtype,
-        device=first.device,
+        (len(images), first.shape[0], height, width), dtype=first.dtype, device=first.device
     )
     for img, slot in zip(images, padded, strict=True):
         slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)

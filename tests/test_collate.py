@@ -78,3 +78,26 @@ def test_pin_memory_pins_every_tensor() -> None:
 def test_rejects_bad_divisibility() -> None:
     with pytest.raises(ValueError, match="size_divisibility"):
         Collate(0)
+
+
+def test_size_buckets_pad_to_the_smallest_holding_bucket_and_nothing_else() -> None:
+    """A bucketed batch is the unbucketed one, zero-padded further: equal where the
+    images are, zero elsewhere, with the same sizes and targets."""
+    samples = [make_sample(i + 10, h, w, num=i) for i, (h, w) in enumerate(SIZES)]
+    plain = Collate(32)(samples)  # (3, 3, 160, 96)
+    bucketed = Collate(32, size_buckets=[256, 128, 192])(samples)
+    assert bucketed.images.shape == (3, 3, 192, 128)
+    torch.testing.assert_close(bucketed.images[..., :160, :96], plain.images, rtol=0, atol=0)
+    assert bucketed.images[..., 160:, :].abs().sum() == 0
+    assert bucketed.images[..., :, 96:].abs().sum() == 0
+    assert bucketed.image_sizes == plain.image_sizes and bucketed.image_ids == plain.image_ids
+    big = Collate(32, size_buckets=[64])(samples)  # no bucket holds 130: the multiple of 32
+    assert big.images.shape == (3, 3, 160, 96)
+    shapes = {  # every batch of the sizes a 256-352 px recipe meets: a handful of shapes
+        tuple(Collate(32, [320, 384, 448, 576])([make_sample(0, h, w, 0)]).images.shape[-2:])
+        for h in range(256, 353, 7)
+        for w in range(256, 577, 13)
+    }
+    assert shapes <= {(a, b) for a in (320, 384, 448, 576) for b in (320, 384, 448, 576)}
+    with pytest.raises(ValueError, match=r"data.size_buckets \[100\] must be positive multiples"):
+        Collate(32, size_buckets=[100])
