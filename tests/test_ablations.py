@@ -126,11 +126,12 @@ def test_sweep_directory_resolves_before_hydra_runtime(compose_cfg) -> None:
 
 
 def test_mask_quality_sweep_rows_build(compose_cfg):
-    """``ablation=mask_quality``: the paper's design first, then one option per row, each
-    reaching the built network, on the detector chosen (FCOS with experiment=shapes)."""
+    """``ablation=mask_quality``: the paper's design first, then one option per row, then
+    mask=pointins_plus's combination, each reaching the built network, on the detector
+    chosen (FCOS with experiment=shapes)."""
     base = ["ablation=mask_quality", "experiment=shapes"]
     jobs = sweep_jobs(compose_cfg(base))
-    assert len(jobs) == 5
+    assert len(jobs) == 6
     built = []
     for job in jobs:
         cfg = compose_cfg([*base, *job])
@@ -151,4 +152,19 @@ def test_mask_quality_sweep_rows_build(compose_cfg):
         (False, 4, 0.0, None),
         (False, 2, 1.0, None),
         (False, 2, 0.0, 1),
+        (True, 4, 1.0, None),  # pointins_plus
     ]
+
+
+def test_pointins_plus_is_the_last_mask_quality_row(compose_cfg):
+    """mask=pointins_plus (and the demo's pointins_small_plus) sets exactly the options of
+    the sweep's combined row; mask=pointins / pointins_small keep the paper's."""
+    keys = ("maskness", "output_scale", "dice_weight", "template_max_level")
+    for plus, paper in (("pointins_plus", "pointins"), ("pointins_small_plus", "pointins_small")):
+        with_plus = compose_cfg([f"mask={plus}"]).model.mask
+        without = compose_cfg([f"mask={paper}"]).model.mask
+        assert [with_plus[k] for k in keys] == [True, 4, 1.0, None]
+        assert [without[k] for k in keys] == [False, 2, 0.0, None]
+        rest = {k: v for k, v in with_plus.items() if k not in keys}
+        assert rest == {k: v for k, v in without.items() if k not in keys}
+    assert compose_cfg(["experiment=shapes"]).model.mask.K == 8
