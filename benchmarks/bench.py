@@ -9,7 +9,8 @@ models, configs and sizes), the timing and memory primitives :mod:`benchmarks.me
 (on CPU every measurement runs in a fresh process, on CUDA in this one with the
 allocator's peak statistics reset), the tables :mod:`benchmarks.report`'s. Times are
 medians over ``--repeats`` runs after ``--warmup`` runs (CUDA: synchronised).
-``--only infer train loader eval_memory`` runs a subset of the measurements.
+``--only infer train loader eval_memory`` runs a subset of the measurements; ``--compile``
+adds the training runs of ``model.compile=true`` with and without ``data.size_buckets``.
 
 The Markdown table goes to stdout and, with the raw numbers, to ``--out``
 (``outputs/bench/bench.json`` and ``bench.md``).
@@ -69,6 +70,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run only these kinds of measurement (default: all)",
     )
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench"))
+    p.add_argument("--models", nargs="*", help="only the cases of these models (e.g. maskrcnn)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also train eager / compiled / compiled with --size-buckets (minutes on a CPU)",
+    )
+    p.add_argument("--compile-batches", type=int, default=16, help="training steps per case")
+    p.add_argument(
+        "--size-buckets", type=int, nargs="*", default=[352, 448, 576],
+        help="data.size_buckets of the bucketed compile case (the demo's sizes)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the recipe")
     args = p.parse_intermixed_args(argv)  # Hydra overrides may follow options
     if args.experiment == "none":

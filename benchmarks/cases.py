@@ -55,7 +55,7 @@ POINTINS = ("pointins-retinanet", "pointins-fcos")
 DETECTORS = ("retinanet", "fcos")  # mask=none
 MASKRCNN = "maskrcnn"  # torchvision Mask R-CNN on our backbone + FPN (width-matched)
 MASKRCNN_STOCK = "maskrcnn_resnet50_fpn"  # torchvision's own R50-FPN-256, no weights
-KINDS = ("infer", "train", "loader", "eval_memory")  # the measurements, for --only
+KINDS = ("infer", "train", "loader", "eval_memory", "compile")  # the measurements, for --only
 
 #: config choices that make each benchmarked PointINS model
 MODEL_OVERRIDES = {
@@ -209,6 +209,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "num_workers": loader.num_workers,
         }
 
+    if kind == "compile":
+        return compile_case(case, args, cfg, device)
     train = kind == "train"
     batch_size = int(cfg.data.batch_size) if train else args.batch_size
     batch, class_names = sample_batch(cfg, train, batch_size)
@@ -244,6 +246,43 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     result["images_per_second"] = len(batch) / result["seconds"]
     result["detections_per_image"] = sum(counts) / len(counts)
     return result
+
+
+def compile_case(case, args, cfg, device) -> dict[str, Any]:
+    """PointINS-FCOS trained on the first ``--compile-batches`` batches of the training
+    loader (multi-scale: their padded sizes vary), eager or ``torch.compile``d
+    (``model.compile=true``), with or without ``data.size_buckets``: the distinct input
+    shapes met, the graphs compiled (``unique_graphs``, recompiles included), the total
+    time and the median of the last quarter of the steps (once compiled)."""
+    from torch._dynamo.utils import counters
+
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    batches = [to_device(next(loader), device) for _ in range(args.compile_batches)]
+    model = build("pointins-fcos", cfg, dm.num_classes, args.detections).to(device).train()
+    torch._dynamo.reset()
+    counters.clear()
+    if case["compile"]:
+        model.compile_network()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        sum(model.losses(batch.images, batch.targets).values()).backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    tail = sorted(times[-max(1, len(times) // 4) :])
+    return {
+        "shapes": len({tuple(b.images.shape) for b in batches}),
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "total_seconds": sum(times),
+        "steady_seconds": tail[len(tail) // 2],
+    }
 
 
 def eval_memory(case, args, cfg, model, device) -> dict[str, Any]:
@@ -345,4 +384,13 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             ],
         }
     )
+    if args.compile or "compile" in (args.only or []):  # minutes of compiling: opt-in
+        buckets = f"data.size_buckets=[{','.join(map(str, args.size_buckets))}]"
+        cases += [
+            {"kind": "compile", "compile": False, "variant": "eager"},
+            {"kind": "compile", "compile": True, "variant": "compile"},
+            {"kind": "compile", "compile": True, "variant": "compile + size buckets",
+             "overrides": [buckets]},
+        ]  # fmt: skip
+    cases = [c for c in cases if not args.models or c.get("model") in args.models]
     return [c for c in cases if not args.only or c["kind"] in args.only]

@@ -135,6 +135,21 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                 )
                 cells.append(f"{1000 / res['images_per_second']:.0f}" if res else "–")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    compiled = [(c, r) for c, r in results if c["kind"] == "compile"]
+    if compiled:
+        lines += [
+            "",
+            f"Training PointINS-FCOS on the first {args.compile_batches} batches of the "
+            "training loader:",
+            "",
+            "| run | input shapes | graphs compiled | total s | s/iter once compiled |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {c['variant']} | {r['shapes']} | {r['graphs']} | {r['total_seconds']:.0f} "
+            f"| {r['steady_seconds']:.3f} |"
+            for c, r in compiled
+        ]
     loader = find(kind="loader")
     train_fcos = find(kind="train", model="pointins-fcos", amp=False)
     if loader and train_fcos:

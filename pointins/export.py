@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,11 @@ def export_onnx(
     dynamic_axes = {name: {0: "detections"} for name in output_names}
     if dynamic:
         dynamic_axes["image"] = {2: "height", 3: "width"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer flags every Python value it records as a constant; in this path they
+        # are constants by construction (strides, shape checks, the batch of one), and the
+        # sizes that vary are traced (tests/test_export.py runs other sizes than traced)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             graph,
             (image, image_size),

@@ -75,7 +75,8 @@ def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
         ]
     )
     kinds = [case["kind"] for case, _ in results]
-    assert kinds.count("infer") == 5 + 3 + 3 and kinds.count("train") == 5 + 2
+    # 5 models, 4K masks, onnxruntime; 3 detection counts; 3 scales
+    assert kinds.count("infer") == 7 + 3 + 3 and kinds.count("train") == 5 + 2 + 1
     for case, result in results:
         if case["kind"] == "infer":
             # the fixed detection count is what every model is timed with
@@ -108,6 +109,8 @@ def test_only_keeps_the_chosen_kinds() -> None:
     assert [c["kind"] for c in planned] == ["loader", "eval_memory"]
     with pytest.raises(SystemExit):  # argparse names the choices
         bench.parse_args([*TINY, "--only", "inference"])
+    chosen = cases.plan(bench.parse_args([*TINY, "--only", "train", "--models", "maskrcnn"]))
+    assert [(c["kind"], c["model"]) for c in chosen] == [("train", "maskrcnn")]
 
 
 def test_eval_memory_is_read_after_every_checkpoint_of_one_pass(tmp_path) -> None:
@@ -136,3 +139,37 @@ def test_eval_memory_is_read_after_every_checkpoint_of_one_pass(tmp_path) -> Non
 def test_overrides_may_come_before_and_after_options() -> None:
     args = bench.parse_args(["data.batch_size=2", "--size", "96", "model.mask.K=8"])
     assert args.size == 96 and args.overrides == ["data.batch_size=2", "model.mask.K=8"]
+
+
+def _run(case: dict, tmp_path, *extra: str) -> dict:
+    args = bench.parse_args([*TINY, "--out", str(tmp_path), f"paths.data_dir={tmp_path}", *extra])
+    return cases.run_case({**case, "args": vars(args)})
+
+
+def test_training_rows_say_how_many_masks_each_model_trained_on(tmp_path) -> None:
+    """Mask R-CNN's RoI heads sample 512 RoIs per image with up to 128 positives, as in
+    real training; PointINS's mask samples are counted too."""
+    maskrcnn = _run({"kind": "train", "model": "maskrcnn"}, tmp_path)
+    assert maskrcnn["sampled_rois_per_image"] == [512, 512]
+    assert all(0 < m <= 128 for m in maskrcnn["mask_rois_per_image"])
+    pointins = _run({"kind": "train", "model": "pointins-fcos"}, tmp_path)
+    assert all(0 < m <= 128 for m in pointins["mask_rois_per_image"])
+    assert "sampled_rois_per_image" not in pointins
+
+
+def test_onnxruntime_row_returns_the_same_detection_count(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    case = {"kind": "infer", "model": "pointins-fcos", "variant": "onnxruntime"}
+    assert case in cases.plan(bench.parse_args(TINY))
+    result = _run(case, tmp_path)
+    assert result["detections_per_image"] == 20 and result["images_per_second"] > 0
+
+
+def test_compile_runs_are_opt_in_and_count_shapes_and_graphs(tmp_path) -> None:
+    assert not [c for c in cases.plan(bench.parse_args(TINY)) if c["kind"] == "compile"]
+    planned = cases.plan(bench.parse_args([*TINY, "--compile", "--size-buckets", "128"]))
+    compiled = [c for c in planned if c["kind"] == "compile"]
+    assert [c["variant"] for c in compiled] == ["eager", "compile", "compile + size buckets"]
+    assert compiled[2]["overrides"] == ["data.size_buckets=[128]"]
+    eager = _run(compiled[0], tmp_path, "--compile-batches", "2", "data.train_scales=[64,96]")
+    assert eager["graphs"] == 0 and 1 <= eager["shapes"] <= 2 and eager["total_seconds"] > 0
