@@ -23,6 +23,14 @@ boxes to the original image and pasting the masks at its resolution (a per-image
 per-box resampling). The file's metadata holds the preprocessing, class names, dataset
 category ids and the mask threshold, so :class:`OnnxPredictor` needs nothing else.
 
+The exporter is torch.onnx's TorchScript-based one (``dynamo=False``; PyTorch warns that it
+is deprecated). The torch.export-based default would need every data-dependent size (the
+candidates above the score threshold, NMS's survivors, the detections fed to the mask
+module) hinted by hand; tracing records them as ONNX ``NonZero``, ``TopK`` and
+``NonMaxSuppression`` with dynamic output sizes. Its advanced-indexing warning concerns
+negative indices, which this path never produces (indices come from ``nonzero``, ``topk``
+and clamped locations).
+
 Batch size 1: the exported graph is what a deployment serves per request; GroupNorm towers
 make a detection depend on the padded batch anyway.
 """
