@@ -188,16 +188,16 @@ class OnnxPredictor:
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
         ort = _require("onnxruntime")
-        self.session = ort.InferenceSession(
+        self.runtime = ort.InferenceSession(
             str(path), providers=list(providers or ["CPUExecutionProvider"])
         )
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = self.runtime.get_modelmeta().custom_metadata_map
         self.preprocess = Preprocess.from_dict(json.loads(meta["preprocess"]))
         self.class_names: list[str] = json.loads(meta["class_names"])
         self.category_ids: list[int] = json.loads(meta["category_ids"])
         self.mask_thresh = float(json.loads(meta["mask_thresh"]))
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        height, width = self.session.get_inputs()[0].shape[-2:]
+        self.output_names = [o.name for o in self.runtime.get_outputs()]
+        height, width = self.runtime.get_inputs()[0].shape[-2:]
         # a fixed-size export: every image is zero-padded to the traced canvas
         fixed = isinstance(height, int) and isinstance(width, int)
         self.canvas = (height, width) if fixed else None
@@ -222,7 +222,7 @@ class OnnxPredictor:
             image = nn.functional.pad(image, pad)  # (1, 3, H, W) of the export
         (h, w), (h0, w0) = size, orig_size
         feeds = {"image": image.numpy(), "image_size": np.asarray([h, w], dtype=np.int64)}
-        outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
+        outputs = dict(zip(self.output_names, self.runtime.run(None, feeds), strict=True))
         boxes = torch.from_numpy(outputs["boxes"]) * torch.tensor([w0 / w, h0 / h] * 2)
         labels = torch.from_numpy(outputs["labels"]).long()
         masks = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from omegaconf import OmegaConf
+from tiny import TINY_MODEL
 
 from benchmarks.roi_work import (
     POINTINS_AS_TRAINED,
@@ -15,15 +16,7 @@ from benchmarks.roi_work import (
 from pointins.baselines import TorchvisionDetector, build_torchvision
 from pointins.model import build_model
 
-SMALL = [
-    "experiment=shapes",
-    "model.neck.out_channels=32",
-    "model.detector.head.conv_dim=32",
-    "model.detector.head.num_convs=1",
-    "model.mask.K=8",
-    "model.mask.mask_dim=16",
-    "model.mask.head_convs=1",
-]
+SMALL = ["experiment=shapes", *TINY_MODEL]
 
 
 def _batch():

@@ -12,6 +12,16 @@ from omegaconf import open_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
+#: the network's part of TINY (widths 32 and 16, one conv per tower and mask head)
+TINY_MODEL = [
+    "model.neck.out_channels=32",
+    "model.detector.head.conv_dim=32",
+    "model.detector.head.num_convs=1",
+    "model.mask.K=8",
+    "model.mask.mask_dim=16",
+    "model.mask.head_convs=1",
+]
+
 TINY = [
     "experiment=shapes",
     "data.num_train=8",
@@ -22,12 +32,7 @@ TINY = [
     "data.batch_size=2",
     "data.val_batch_size=2",
     "data.num_workers=0",
-    "model.neck.out_channels=32",
-    "model.detector.head.conv_dim=32",
-    "model.detector.head.num_convs=1",
-    "model.mask.K=8",
-    "model.mask.mask_dim=16",
-    "model.mask.head_convs=1",
+    *TINY_MODEL,
     "optim.scheduler.warmup_steps=2",
     "optim.max_epochs=2",
     "trainer.check_val_every_n_epoch=1",
