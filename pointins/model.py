@@ -19,7 +19,7 @@ from pointins.mask.losses import mask_loss
 from pointins.mask.paste import paste_masks
 from pointins.mask.sampling import QuerySampler
 from pointins.mask.scoring import maskness
-from pointins.structures import Detections, InstanceQueries
+from pointins.structures import Detections, DetectorState, InstanceQueries
 
 
 class PointINS(nn.Module):
@@ -94,15 +94,25 @@ class PointINS(nn.Module):
         losses = {k: self.det_weight * v for k, v in det_losses.items()}
         if self.mask is None:
             return losses
+        logits, mask_gt = self.mask_logits_and_targets(state, targets, generator)
+        loss = mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
+        losses["loss_mask"] = self.mask_weight * loss
+        return losses
+
+    def mask_logits_and_targets(
+        self,
+        state: DetectorState,
+        targets: list[dict[str, Tensor]],
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The mask module on its training queries (§3.3) drawn from the detector's training
+        state: logits ``(Q, S, S)`` and their targets ``(Q, S, S)``, ``S = mask_size``."""
         anchor_gt = self.detector.mask_anchor_condition(state, self.sampler.anchor_iou)  # (B, N)
         # targets first: their crop's transient memory then comes before the head's activations
         queries, mask_gt = self.sampler(
             state, anchor_gt, [t["masks"] for t in targets], self.mask.mask_size, generator
-        )  # Q queries, (Q, S, S) with S = mask_size
-        logits = self.mask(state.poi_features, queries)  # (Q, S, S)
-        loss = mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
-        losses["loss_mask"] = self.mask_weight * loss
-        return losses
+        )  # Q queries, (Q, S, S)
+        return self.mask(state.poi_features, queries), mask_gt  # (Q, S, S), (Q, S, S)
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()

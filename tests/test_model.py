@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny import TINY_MODEL
 
 from pointins.model import build_model
 
@@ -19,12 +20,7 @@ def _tiny(compose_cfg, detector: str):
         [
             "experiment=shapes",
             f"detector={detector}",
-            "model.neck.out_channels=32",
-            "model.detector.head.conv_dim=32",
-            "model.detector.head.num_convs=1",
-            "model.mask.K=8",
-            "model.mask.mask_dim=16",
-            "model.mask.head_convs=1",
+            *TINY_MODEL,
             "model.detector.postprocess.score_thresh=0.0",
         ]
     )

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import TINY_MODEL
 from wandb.proto import wandb_internal_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# tests/test_train.py's TINY, made shorter still: one epoch of at most 2 steps
+# tests/tiny.py's TINY, made shorter still: one epoch of at most 2 steps
 TINY = [
     "experiment=shapes",
     "data.num_train=4",
@@ -29,12 +30,7 @@ TINY = [
     "data.batch_size=2",
     "data.val_batch_size=2",
     "data.num_workers=0",
-    "model.neck.out_channels=32",
-    "model.detector.head.conv_dim=32",
-    "model.detector.head.num_convs=1",
-    "model.mask.K=8",
-    "model.mask.mask_dim=16",
-    "model.mask.head_convs=1",
+    *TINY_MODEL,
     "optim.scheduler.warmup_steps=2",
     "optim.max_epochs=1",
     "trainer.accelerator=cpu",
