@@ -136,7 +136,7 @@ def onnx_inference_fn(
     from pointins.export import OnnxPredictor, export_onnx
 
     preprocess = instantiate(cfg.data).preprocess
-    session = OnnxPredictor(export_onnx(model, preprocess, out / "model.onnx", class_names))
+    predictor = OnnxPredictor(export_onnx(model, preprocess, out / "model.onnx", class_names))
     div = preprocess.size_divisibility
     images = [  # each image padded on its own, as the exported graph takes it
         image[None, :, : -(-h // div) * div, : -(-w // div) * div]
@@ -146,7 +146,7 @@ def onnx_inference_fn(
     def run() -> list[dict]:
         outputs = []
         for image, size, orig in zip(images, batch.image_sizes, batch.orig_sizes, strict=True):
-            outputs.append({"scores": session.predict_padded(image, size, orig).scores})
+            outputs.append({"scores": predictor.predict_padded(image, size, orig).scores})
         return outputs
 
     return run

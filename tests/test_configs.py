@@ -140,7 +140,7 @@ def test_the_demo_is_pointins_fcos_and_each_pair_gets_its_budgets_epochs(compose
     assert retina.model.mask == fcos.model.mask and retina.data == fcos.data
     assert fcos.optim.max_epochs == 9
     assert [cfg.optim.max_epochs for cfg in (retina, *plain)] == [7, 7, 7]
-    # the decays sit at the same fractions of every schedule, to a tenth of an epoch
+    # both learning-rate decays come at the same fractions of the run, within 0.1 epoch
     # (7 epochs: 6.4 / 7 = 0.914; 9 epochs: 8.2 / 9 = 0.911)
     for cfg in (fcos, retina, *plain):
         fractions = [m / cfg.optim.max_epochs for m in cfg.optim.scheduler.milestones]
