@@ -36,7 +36,6 @@ from torch import Tensor
 from benchmarks.config import compose_config
 from benchmarks.mask_quality import MATCH_IOU, matched_mask_quality, summary_table
 from pointins.lit_module import PointINSModule
-from pointins.mask.losses import mask_loss
 from pointins.model import PointINS, build_model
 
 log = logging.getLogger("mask_fit")
@@ -100,10 +99,7 @@ def fit_mask(
         with torch.autocast(device_type, dtype=precision, enabled=precision is not None):
             with torch.no_grad():
                 _, state = model.detector.forward_train(model.features(batch.images), batch.targets)
-            logits, targets = model.mask_logits_and_targets(state, batch.targets, generator)
-            loss = model.mask_weight * mask_loss(
-                logits, targets, model.edge_weight, model.dice_weight
-            )
+            loss, logits, targets = model.mask_losses(state, batch.targets, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -94,25 +94,26 @@ class PointINS(nn.Module):
         losses = {k: self.det_weight * v for k, v in det_losses.items()}
         if self.mask is None:
             return losses
-        logits, mask_gt = self.mask_logits_and_targets(state, targets, generator)
-        loss = mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
-        losses["loss_mask"] = self.mask_weight * loss
+        losses["loss_mask"], _, _ = self.mask_losses(state, targets, generator)
         return losses
 
-    def mask_logits_and_targets(
+    def mask_losses(
         self,
         state: DetectorState,
         targets: list[dict[str, Tensor]],
         generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The mask module on its training queries (§3.3) drawn from the detector's training
-        state: logits ``(Q, S, S)`` and their targets ``(Q, S, S)``, ``S = mask_size``."""
+        state: the weighted mask loss (λ_mask · L_mask), the logits ``(Q, S, S)`` and their
+        targets ``(Q, S, S)``, ``S = mask_size``."""
         anchor_gt = self.detector.mask_anchor_condition(state, self.sampler.anchor_iou)  # (B, N)
         # targets first: their crop's transient memory then comes before the head's activations
         queries, mask_gt = self.sampler(
             state, anchor_gt, [t["masks"] for t in targets], self.mask.mask_size, generator
         )  # Q queries, (Q, S, S)
-        return self.mask(state.poi_features, queries), mask_gt  # (Q, S, S), (Q, S, S)
+        logits = self.mask(state.poi_features, queries)  # (Q, S, S)
+        loss = mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
+        return self.mask_weight * loss, logits, mask_gt
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
