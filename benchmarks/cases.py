@@ -13,7 +13,9 @@ Cases (``kind``):
   paste), torchvision's Mask R-CNN on our backbone and FPN
   (:func:`pointins.baselines.build_maskrcnn`: width-matched) and the stock
   ``maskrcnn_resnet50_fpn`` built without weights; PointINS-FCOS with 4K x 4K masks
-  (``model.mask.output_scale=4``: the cost of the finer output); PointINS-FCOS exported to
+  (``model.mask.output_scale=4``: the cost of the finer output) and with the paper's
+  point templates (``model.mask.template_from=point``, where the recipe reads them from the
+  box); PointINS-FCOS exported to
   ONNX and run by onnxruntime on the CPU (``pip install -e .[export]``), one image at a
   time, boxes scaled and masks pasted in Python; also against the number of detections
   (``table: detections``) and the input size (``table: scales``);
@@ -21,7 +23,8 @@ Cases (``kind``):
   PointINS, the plain detectors and Mask R-CNN (width-matched, its RoI heads fed as in
   real training: :mod:`benchmarks.roi_work`), on one real batch of the embedded training
   data, with the mask RoIs per image each model trained on; PointINS with
-  ``checkpoint_towers=true`` (memory for time) and PointINS-FCOS with 4K x 4K masks;
+  ``checkpoint_towers=true`` (memory for time) and PointINS-FCOS with 4K x 4K masks and
+  with point templates;
 * ``loader``: the training dataloader alone (default worker count), images/second;
 * ``eval_memory``: memory of the evaluation loop (predict, RLE-encode, accumulate), read
   after given numbers of val images of one pass: streaming evaluation keeps it flat.
@@ -335,10 +338,13 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.skip_stock:
         models.append(MASKRCNN_STOCK)
     precisions = [False, True] if args.amp else [False]
-    finer_masks = {"variant": "4K masks", "overrides": ["model.mask.output_scale=4"]}
+    variants = [
+        {"variant": "4K masks", "overrides": ["model.mask.output_scale=4"]},
+        {"variant": "point templates", "overrides": ["model.mask.template_from=point"]},
+    ]
     for amp in precisions:
         cases += [{"kind": "infer", "model": m, "amp": amp} for m in models]
-        cases.append({"kind": "infer", "model": "pointins-fcos", "amp": amp, **finer_masks})
+        cases += [{"kind": "infer", "model": "pointins-fcos", "amp": amp, **v} for v in variants]
     if args.device == "cpu" and importlib.util.find_spec("onnxruntime") is not None:
         cases.append({"kind": "infer", "model": "pointins-fcos", "variant": "onnxruntime"})
     for amp in precisions:
@@ -355,7 +361,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             for m in POINTINS
         ]
-        cases.append({"kind": "train", "model": "pointins-fcos", "amp": amp, **finer_masks})
+        cases += [{"kind": "train", "model": "pointins-fcos", "amp": amp, **v} for v in variants]
     for n in args.detection_counts:
         cases += [
             {"kind": "infer", "model": m, "detections": n, "table": "detections"}

@@ -25,18 +25,20 @@ def compose_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """tiny_checkpoint(detector="fcos") -> (checkpoint, data dir): the TINY recipe
-    (tests/tiny.py) trained once per session and detector, with score threshold 0 so that
-    the barely trained model still detects (its 100 best per image)."""
+    """tiny_checkpoint(detector="fcos", *overrides) -> (checkpoint, data dir): the TINY
+    recipe (tests/tiny.py) trained once per session, detector and overrides, with score
+    threshold 0 so that the barely trained model still detects (its 100 best per image)."""
     from tiny import train_tiny
 
     root = tmp_path_factory.mktemp("tiny")
-    trained: dict[str, Path] = {}
+    trained: dict[tuple[str, ...], Path] = {}
 
-    def _get(detector: str = "fcos") -> tuple[Path, Path]:
-        if detector not in trained:
+    def _get(detector: str = "fcos", *overrides: str) -> tuple[Path, Path]:
+        key = (detector, *overrides)
+        if key not in trained:
             extra = [f"detector={detector}", "model.detector.postprocess.score_thresh=0.0"]
-            trained[detector] = train_tiny(root / detector, root / "data", extra)
-        return trained[detector], root / "data"
+            out = root / "-".join(key).replace("=", "_")
+            trained[key] = train_tiny(out, root / "data", [*extra, *overrides])
+        return trained[key], root / "data"
 
     return _get

@@ -143,28 +143,31 @@ def test_mask_quality_sweep_rows_build(compose_cfg):
                 net.maskness,
                 net.mask.mask_size // net.mask.K,
                 net.dice_weight,
-                net.mask.template_branch.max_level,
+                getattr(net.mask.template_branch, "max_level", None),
+                type(net.mask.template_branch).__name__,
             )
         )
+    point, box = "TemplateBranch", "BoxTemplateBranch"
     assert built == [
-        (False, 2, 0.0, None),  # the paper
-        (True, 2, 0.0, None),
-        (False, 4, 0.0, None),
-        (False, 2, 1.0, None),
-        (False, 2, 0.0, 1),
-        (True, 4, 1.0, None),  # pointins_plus
+        (False, 2, 0.0, None, point),  # the paper
+        (True, 2, 0.0, None, point),
+        (False, 4, 0.0, None, point),
+        (False, 2, 1.0, None, point),
+        (False, 2, 0.0, 1, point),
+        (False, 2, 0.0, None, box),  # pointins_plus
     ]
 
 
 def test_pointins_plus_is_the_last_mask_quality_row(compose_cfg):
-    """mask=pointins_plus (and the demo's pointins_small_plus) sets exactly the options of
-    the sweep's combined row; mask=pointins / pointins_small keep the paper's."""
-    keys = ("maskness", "output_scale", "dice_weight", "template_max_level")
+    """mask=pointins_plus (and pointins_small_plus, the demo's default) reads templates from
+    the box, the sweep's last row, and changes nothing else; mask=pointins / pointins_small
+    keep the paper's point templates."""
     for plus, paper in (("pointins_plus", "pointins"), ("pointins_small_plus", "pointins_small")):
         with_plus = compose_cfg([f"mask={plus}"]).model.mask
         without = compose_cfg([f"mask={paper}"]).model.mask
-        assert [with_plus[k] for k in keys] == [True, 4, 1.0, None]
-        assert [without[k] for k in keys] == [False, 2, 0.0, None]
-        rest = {k: v for k, v in with_plus.items() if k not in keys}
-        assert rest == {k: v for k, v in without.items() if k not in keys}
+        assert (with_plus.template_from, without.template_from) == ("box", "point")
+        rest = {k: v for k, v in with_plus.items() if k != "template_from"}
+        assert rest == {k: v for k, v in without.items() if k != "template_from"}
+    demo = compose_cfg(["experiment=shapes"]).model.mask
+    assert demo == compose_cfg(["experiment=shapes", "mask=pointins_small_plus"]).model.mask
     assert compose_cfg(["experiment=shapes"]).model.mask.K == 8

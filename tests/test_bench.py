@@ -75,8 +75,8 @@ def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
         ]
     )
     kinds = [case["kind"] for case, _ in results]
-    # 5 models, 4K masks, onnxruntime; 3 detection counts; 3 scales
-    assert kinds.count("infer") == 7 + 3 + 3 and kinds.count("train") == 5 + 2 + 1
+    # 5 models, 4K masks, point templates, onnxruntime; 3 detection counts; 3 scales
+    assert kinds.count("infer") == 8 + 3 + 3 and kinds.count("train") == 5 + 2 + 2
     for case, result in results:
         if case["kind"] == "infer":
             # the fixed detection count is what every model is timed with

@@ -1,6 +1,6 @@
 """ONNX export: the exported graph passes onnx.checker and onnxruntime gives the detections
-and masks of the PyTorch model on the embedded val images, for both detectors, at any
-input size; the command line says what is wrong."""
+and masks of the PyTorch model on the embedded val images, for both detectors and both
+template reads, at any input size; the command line says what is wrong."""
 
 from __future__ import annotations
 
@@ -31,9 +31,14 @@ def _matched(torch_pred, onnx_pred) -> None:
     assert mask_iou.min() >= 0.99, mask_iou.min()
 
 
-@pytest.mark.parametrize("detector", ["fcos", "retinanet"])
-def test_onnxruntime_matches_pytorch_on_the_val_images(tiny_checkpoint, tmp_path, detector):
-    ckpt, data = tiny_checkpoint(detector)
+@pytest.mark.parametrize(
+    ("detector", "overrides"),
+    [("fcos", ()), ("retinanet", ()), ("fcos", ("model.mask.template_from=box",))],
+)
+def test_onnxruntime_matches_pytorch_on_the_val_images(
+    tiny_checkpoint, tmp_path, detector, overrides
+):
+    ckpt, data = tiny_checkpoint(detector, *overrides)
     out = main([f"ckpt_path={ckpt}", f"out={tmp_path / 'model.onnx'}"])
     files = sorted((data / "shapes" / "images" / "val").iterdir())
     predictor = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=1)

@@ -1,4 +1,5 @@
-"""TemplateBranch: the point-wise gather equals the dense conv read at the same points."""
+"""TemplateBranch: the point-wise gather equals the dense conv read at the same points;
+BoxTemplateBranch reads each template cell under its box cell, on the query's level."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pointins.mask.instance_aware_mask import InstanceAwareMask
 from pointins.mask.template_branch import (
+    BoxTemplateBranch,
     TemplateBranch,
     gather_patches,
     read_from_finer_level,
@@ -208,3 +211,57 @@ def test_finer_level_template_is_the_template_read_there() -> None:
     expected = own(features, read_from_finer_level(features, queries, 0))
     assert torch.equal(branch(features, queries), expected)
     assert not torch.equal(own(features, queries), expected)
+
+
+def test_box_template_cell_reads_the_features_under_its_box_cell() -> None:
+    """``template_from=box``: template cell ``(i, j)`` is the conv of the query's own level
+    RoI-aligned at cell ``(i, j)`` of its box. On maps whose one channel is the column's
+    x coordinate (in pixels, at each level's stride) and a 1x1 identity conv, cell ``j``
+    reads the box's ``j``-th column centre, whatever the level."""
+    K = 4
+    features = []
+    for (h, w), stride in zip(SHAPES, STRIDES, strict=True):
+        x = (torch.arange(w, dtype=torch.float64) + 0.5) * stride  # pixel x of column centres
+        features.append(x.expand(2, 1, h, w).clone())
+    branch = BoxTemplateBranch(1, E=1, K=K, kernel_size=1).double()
+    with torch.no_grad():
+        branch.conv.weight.fill_(1.0)
+    boxes = torch.tensor([[20.0, 8.0, 52.0, 40.0], [12.0, 16.0, 60.0, 48.0]], dtype=torch.float64)
+    for level in (0, 1):
+        q = InstanceQueries(
+            batch_idx=torch.tensor([0, 1]),
+            level=torch.tensor([level, level]),
+            yx=torch.tensor([[1, 1], [1, 2]]),
+            stride=torch.tensor([STRIDES[level]] * 2),
+            anchors=boxes,
+            target_boxes=boxes,
+        )
+        templates = branch(features, q)  # (2, 1, K, K)
+        width = boxes[:, 2] - boxes[:, 0]
+        centres = boxes[:, :1] + (torch.arange(K) + 0.5) * width[:, None] / K  # (2, K)
+        torch.testing.assert_close(templates[:, 0], centres[:, None, :].expand(2, K, K))
+
+
+def test_box_template_reads_only_its_own_level() -> None:
+    features = [torch.full((2, 1, h, w), float(level)) for level, (h, w) in enumerate(SHAPES)]
+    branch = BoxTemplateBranch(1, E=1, K=2, kernel_size=1)
+    with torch.no_grad():
+        branch.conv.weight.fill_(1.0)
+    box = torch.tensor([[8.0, 8.0, 40.0, 40.0]]).expand(3, 4)
+    q = InstanceQueries(
+        batch_idx=torch.tensor([0, 1, 0]),
+        level=torch.tensor([2, 0, 1]),
+        yx=torch.zeros(3, 2, dtype=torch.long),
+        stride=torch.tensor([32.0, 8.0, 16.0]),
+        anchors=box,
+        target_boxes=box,
+    )
+    # the box lies inside every level's map (aligned bilinear samples read the level value)
+    assert branch(features, q).flatten(1).mean(1).tolist() == [2.0, 0.0, 1.0]
+
+
+def test_box_templates_have_no_finer_level_read() -> None:
+    with pytest.raises(ValueError, match="template_max_level.*template_from=box"):
+        InstanceAwareMask(16, K=4, template_from="box", template_max_level=0)
+    with pytest.raises(ValueError, match="template_from 'roi'"):
+        InstanceAwareMask(16, K=4, template_from="roi")

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pointins.mask.dynamic_conv import FUSIONS, build_fusion
 from pointins.mask.mask_head import MaskHead
-from pointins.mask.template_branch import TemplateBranch
+from pointins.mask.template_branch import BoxTemplateBranch, TemplateBranch
 from pointins.mask.weight_branch import (
     GENERATOR_STRUCTURES,
     IZ_PARTS,
@@ -54,6 +54,9 @@ class InstanceAwareMask(nn.Module):
             deconvolution in the mask head: finer masks from the same template).
         template_max_level: the template of a query on a coarser FPN level is read from
             this level (0 = P3) under the query's cell; ``None`` (the paper): its own level.
+        template_from: ``point`` (the paper: :class:`TemplateBranch`, from the PoI patch
+            at the query's point) or ``box`` (:class:`BoxTemplateBranch`, RoI-aligned from
+            the query's box on its own level).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class InstanceAwareMask(nn.Module):
         template_init_std: float = 0.01,
         output_scale: int = 2,
         template_max_level: int | None = None,
+        template_from: str = "point",
     ) -> None:
         super().__init__()
         # validate the string choices up front so a bad config fails with one clear message
@@ -89,9 +93,23 @@ class InstanceAwareMask(nn.Module):
 
         self.K = K
         self.E = E
-        self.template_branch = TemplateBranch(
-            in_channels, E, K, kernel_size, template_init_std, template_max_level
-        )
+        if template_from == "point":
+            self.template_branch = TemplateBranch(
+                in_channels, E, K, kernel_size, template_init_std, template_max_level
+            )
+        elif template_from == "box" and template_max_level is None:
+            self.template_branch = BoxTemplateBranch(
+                in_channels, E, K, kernel_size, template_init_std
+            )
+        elif template_from == "box":
+            raise ValueError(
+                "model.mask.template_max_level applies to templates read at the point; "
+                "with model.mask.template_from=box set it to null"
+            )
+        else:
+            raise ValueError(
+                f"unknown model.mask.template_from {template_from!r}; choose point or box"
+            )
         self.fusion = build_fusion(fusion, E, K, mask_dim)
         self.weight_branch = WeightBranch(
             out_dim=self.fusion.weight_dim,

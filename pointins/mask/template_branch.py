@@ -1,5 +1,7 @@
 """Template branch F^n (§3.2.1): one instance-agnostic (E, K, K) template per query.
 
+(:class:`BoxTemplateBranch`, beyond the paper, reads it from the query's box instead.)
+
 The paper's "channel up-scaling" convolution is a ``k_t x k_t`` conv from the PoI
 feature (``F`` = 256 channels) to ``E * K * K`` channels. Running it densely on every
 FPN level would cost ``E * K^2 * F * k_t^2`` MACs per location (5.3 M at the
@@ -17,6 +19,7 @@ from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
 from pointins.structures import InstanceQueries
 
@@ -174,3 +177,76 @@ class TemplateBranch(nn.Module):
 
     def extra_repr(self) -> str:
         return f"E={self.E}, K={self.K}, kernel_size={self.kernel_size}, max_level={self.max_level}"
+
+
+class BoxTemplateBranch(nn.Module):
+    """A template read from the query's box instead of its point (beyond the paper).
+
+    The paper's ``k_t x k_t`` template conv, with ``E`` output channels instead of
+    ``E * K * K``, runs densely on every level of the PoI features: an ``E``-channel
+    template map. A query's template is that map on its own level RoI-aligned over its
+    target box to ``K x K`` (``torchvision.ops.roi_align``, as Mask R-CNN reads its
+    RoI). Template cell ``(i, j)`` then holds the evidence under the box's cell
+    ``(i, j)``, where :class:`TemplateBranch` must encode the whole shape in the patch
+    around one point. The instance-aware weights, fusion and mask head are unchanged.
+
+    Args:
+        in_channels: ``F``, channels of the PoI features.
+        E: template channels.
+        K: template side.
+        kernel_size: ``k_t``, odd.
+        init_std: std of the conv's normal weight init (zero bias).
+        sampling_ratio: bilinear samples per RoI bin and axis. One: the detectors assign
+            an object to the level where its box spans about ``K`` cells or fewer, so a
+            bin is about a cell.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        E: int = 9,
+        K: int = 16,
+        kernel_size: int = 3,
+        init_std: float = 0.01,
+        sampling_ratio: int = 1,
+    ) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                f"BoxTemplateBranch: kernel_size must be a positive odd integer, got {kernel_size}"
+            )
+        self.E = E
+        self.K = K
+        self.sampling_ratio = sampling_ratio
+        self.conv = nn.Conv2d(in_channels, E, kernel_size, padding=kernel_size // 2)
+        nn.init.normal_(self.conv.weight, std=init_std)
+        nn.init.zeros_(self.conv.bias)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the template, ``E``."""
+        return self.E
+
+    def forward(self, poi_features: Sequence[Tensor], queries: InstanceQueries) -> Tensor:
+        """Templates ``(N, E, K, K)`` for the queries, in query order.
+
+        One RoI-align per level over that level's queries, as torchvision's
+        ``MultiScaleRoIAlign`` and detectron2's ``ROIPooler`` do (finding them is one
+        host sync per level on a GPU).
+        """
+        dtype = torch.promote_types(poi_features[0].dtype, torch.float32)  # boxes need fp32
+        # (N, 4): the box in cells of the query's own level
+        boxes = (queries.target_boxes / queries.stride[:, None]).to(dtype)
+        templates = boxes.new_zeros(len(queries), self.E, self.K, self.K)
+        for level, feat in enumerate(poi_features):
+            template_map = self.conv(feat).to(dtype).contiguous()  # (B, E, H_l, W_l)
+            idx = torch.nonzero(queries.level == level).squeeze(1)  # (N_l,)
+            rois = torch.cat([queries.batch_idx[idx, None].to(dtype), boxes[idx]], dim=1)
+            aligned = roi_align(
+                template_map, rois, self.K, 1.0, self.sampling_ratio, aligned=True
+            )  # (N_l, E, K, K)
+            templates = templates.index_copy(0, idx, aligned)  # (N, E, K, K)
+        return templates
+
+    def extra_repr(self) -> str:
+        return f"E={self.E}, K={self.K}, sampling_ratio={self.sampling_ratio}"
