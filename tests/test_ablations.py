@@ -131,7 +131,7 @@ def test_mask_quality_sweep_rows_build(compose_cfg):
     chosen (FCOS with experiment=shapes)."""
     base = ["ablation=mask_quality", "experiment=shapes"]
     jobs = sweep_jobs(compose_cfg(base))
-    assert len(jobs) == 6
+    assert len(jobs) == 7
     built = []
     for job in jobs:
         cfg = compose_cfg([*base, *job])
@@ -145,29 +145,33 @@ def test_mask_quality_sweep_rows_build(compose_cfg):
                 net.dice_weight,
                 getattr(net.mask.template_branch, "max_level", None),
                 type(net.mask.template_branch).__name__,
+                net.mask_weight,
             )
         )
     point, box = "TemplateBranch", "BoxTemplateBranch"
     assert built == [
-        (False, 2, 0.0, None, point),  # the paper
-        (True, 2, 0.0, None, point),
-        (False, 4, 0.0, None, point),
-        (False, 2, 1.0, None, point),
-        (False, 2, 0.0, 1, point),
-        (False, 2, 0.0, None, box),  # pointins_plus
+        (False, 2, 0.0, None, point, 2.0),  # the paper
+        (True, 2, 0.0, None, point, 2.0),
+        (False, 4, 0.0, None, point, 2.0),
+        (False, 2, 1.0, None, point, 2.0),
+        (False, 2, 0.0, 1, point, 2.0),
+        (False, 2, 0.0, None, box, 2.0),
+        (False, 2, 0.0, None, box, 1.0),  # pointins_plus
     ]
 
 
 def test_pointins_plus_is_the_last_mask_quality_row(compose_cfg):
     """mask=pointins_plus (and pointins_small_plus, the demo's default) reads templates from
-    the box, the sweep's last row, and changes nothing else; mask=pointins / pointins_small
-    keep the paper's point templates."""
+    the box, the sweep's last row, with λ_mask = 1, and changes nothing else;
+    mask=pointins / pointins_small keep the paper's point templates and λ_mask = 2."""
     for plus, paper in (("pointins_plus", "pointins"), ("pointins_small_plus", "pointins_small")):
         with_plus = compose_cfg([f"mask={plus}"]).model.mask
         without = compose_cfg([f"mask={paper}"]).model.mask
-        assert (with_plus.template_from, without.template_from) == ("box", "point")
-        rest = {k: v for k, v in with_plus.items() if k != "template_from"}
-        assert rest == {k: v for k, v in without.items() if k != "template_from"}
+        keys = ("template_from", "loss_weight")
+        assert [with_plus[k] for k in keys] == ["box", 1.0]
+        assert [without[k] for k in keys] == ["point", 2.0]
+        rest = {k: v for k, v in with_plus.items() if k not in keys}
+        assert rest == {k: v for k, v in without.items() if k not in keys}
     demo = compose_cfg(["experiment=shapes"]).model.mask
     assert demo == compose_cfg(["experiment=shapes", "mask=pointins_small_plus"]).model.mask
     assert compose_cfg(["experiment=shapes"]).model.mask.K == 8

@@ -17,7 +17,9 @@ pytest.importorskip("onnxruntime")
 
 def _matched(torch_pred, onnx_pred) -> None:
     """Same detections: each PyTorch detection has an ONNX one of its label with every box
-    side within a pixel, its score within 1e-3 and a mask IoU of at least 0.99."""
+    side within a pixel, its score within 1e-3 and a mask differing in at most 1 % of the
+    two masks' union, or 2 pixels for tiny masks (a pixel whose probability sits at the
+    threshold may land on either side of it)."""
     assert len(onnx_pred) == len(torch_pred) > 0
     iou = box_iou(torch_pred.boxes, onnx_pred.boxes)  # (n, n)
     same_label = torch_pred.labels[:, None] == onnx_pred.labels[None, :]
@@ -25,10 +27,10 @@ def _matched(torch_pred, onnx_pred) -> None:
     assert (torch_pred.boxes - onnx_pred.boxes[best]).abs().max() < 1.0
     torch.testing.assert_close(torch_pred.scores, onnx_pred.scores[best], atol=1e-3, rtol=0)
     a, b = torch_pred.masks, onnx_pred.masks[best]  # (n, H, W) bool
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    mask_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    assert mask_iou.min() >= 0.99, mask_iou.min()
+    differ = (a ^ b).flatten(1).sum(1).float()  # (n,)
+    union = (a | b).flatten(1).sum(1).float()  # (n,)
+    allowed = torch.clamp(0.01 * union, min=2.0)
+    assert (differ <= allowed).all(), (differ.max(), union[(differ - allowed).argmax()])
 
 
 @pytest.mark.parametrize(

@@ -217,6 +217,7 @@ class BoxTemplateBranch(nn.Module):
             )
         self.E = E
         self.K = K
+        self.kernel_size = kernel_size
         self.sampling_ratio = sampling_ratio
         self.conv = nn.Conv2d(in_channels, E, kernel_size, padding=kernel_size // 2)
         nn.init.normal_(self.conv.weight, std=init_std)
