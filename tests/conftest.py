@@ -26,7 +26,7 @@ def compose_cfg():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(detector="fcos", *overrides) -> (checkpoint, data dir): the TINY
-    recipe (tests/tiny.py) trained once per session, detector and overrides, with score
+    recipe (tests/tiny.py) trained once per test run, detector and overrides, with score
     threshold 0 so that the barely trained model still detects (its 100 best per image)."""
     from tiny import train_tiny
 

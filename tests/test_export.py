@@ -44,19 +44,19 @@ def test_onnxruntime_matches_pytorch_on_the_val_images(
     out = main([f"ckpt_path={ckpt}", f"out={tmp_path / 'model.onnx'}"])
     files = sorted((data / "shapes" / "images" / "val").iterdir())
     predictor = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=1)
-    session = OnnxPredictor(out)
-    assert session.class_names == predictor.class_names and session.canvas is None
+    onnx_predictor = OnnxPredictor(out)
+    assert onnx_predictor.class_names == predictor.class_names and onnx_predictor.canvas is None
     for file in files:  # sizes unlike the synthetic square the graph was traced with
-        _matched(predictor(file), session(file))
+        _matched(predictor(file), onnx_predictor(file))
 
 
 def test_a_fixed_size_export_pads_every_image_to_it(tiny_checkpoint, tmp_path):
     ckpt, data = tiny_checkpoint("fcos")
     out = main([f"ckpt_path={ckpt}", f"out={tmp_path / 'fixed.onnx'}", "dynamic=false"])
-    session = OnnxPredictor(out)
-    assert session.canvas == (128, 128)  # max_size square: every resized image fits
+    onnx_predictor = OnnxPredictor(out)
+    assert onnx_predictor.canvas == (128, 128)  # max_size square: every resized image fits
     file = sorted((data / "shapes" / "images" / "val").iterdir())[0]
-    result = session(file)
+    result = onnx_predictor(file)
     assert result.masks is not None and result.masks.shape[-2:] == result.image_size
 
 

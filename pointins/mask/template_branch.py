@@ -109,6 +109,23 @@ def vector_to_template(vectors: Tensor, E: int, K: int) -> Tensor:
     return grid.permute(0, 3, 1, 2)  # (N, E, K, K)
 
 
+def template_conv(
+    owner: str, in_channels: int, E: int, K: int, kernel_size: int, init_std: float, out: int
+) -> nn.Conv2d:
+    """The ``k_t x k_t`` template conv ``in_channels -> out`` of a template branch, its sizes
+    checked (``owner`` names the branch in the error), initialised like the dense heads'
+    convs: normal(std=``init_std``) weight, zero bias."""
+    for name, value in (("in_channels", in_channels), ("E", E), ("K", K)):
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{owner}: kernel_size must be a positive odd integer, got {kernel_size}")
+    conv = nn.Conv2d(in_channels, out, kernel_size, padding=kernel_size // 2)
+    nn.init.normal_(conv.weight, std=init_std)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class TemplateBranch(nn.Module):
     """F^n: ``k_t x k_t`` conv ``in_channels -> E*K*K`` evaluated at the queries only.
 
@@ -138,21 +155,14 @@ class TemplateBranch(nn.Module):
         max_level: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("E", E), ("K", K)):
-            if value < 1:
-                raise ValueError(f"TemplateBranch: {name} must be >= 1, got {value}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"TemplateBranch: kernel_size must be a positive odd integer, got {kernel_size}"
-            )
         self.in_channels = in_channels
         self.E = E
         self.K = K
         self.kernel_size = kernel_size
         self.max_level = max_level
-        self.conv = nn.Conv2d(in_channels, E * K * K, kernel_size, padding=kernel_size // 2)
-        nn.init.normal_(self.conv.weight, std=init_std)
-        nn.init.zeros_(self.conv.bias)
+        self.conv = template_conv(
+            "TemplateBranch", in_channels, E, K, kernel_size, init_std, E * K * K
+        )
 
     @property
     def out_channels(self) -> int:
@@ -211,17 +221,11 @@ class BoxTemplateBranch(nn.Module):
         sampling_ratio: int = 1,
     ) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(
-                f"BoxTemplateBranch: kernel_size must be a positive odd integer, got {kernel_size}"
-            )
         self.E = E
         self.K = K
         self.kernel_size = kernel_size
         self.sampling_ratio = sampling_ratio
-        self.conv = nn.Conv2d(in_channels, E, kernel_size, padding=kernel_size // 2)
-        nn.init.normal_(self.conv.weight, std=init_std)
-        nn.init.zeros_(self.conv.bias)
+        self.conv = template_conv("BoxTemplateBranch", in_channels, E, K, kernel_size, init_std, E)
 
     @property
     def out_channels(self) -> int:
