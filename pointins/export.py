@@ -52,6 +52,7 @@ from omegaconf import MISSING, OmegaConf
 from torch import Tensor, nn
 
 from pointins.mask.paste import paste_masks
+from pointins.mask.template_branch import BoxTemplateBranch
 from pointins.model import PointINS
 from pointins.predictor import ImageLike, Prediction, load_image
 from pointins.preprocess import Preprocess
@@ -87,7 +88,10 @@ class InferenceGraph(nn.Module):
                 f"ONNX export covers PointINS models, not {type(model).__name__} (the "
                 "torchvision baselines export with torchvision's own tooling)"
             )
-        self.model = model.eval()
+        self.model = model
+        # the whole graph in eval mode: torch.onnx.export restores the mode it found, and a
+        # wrapper left in training mode would switch the model's BatchNorm to batch statistics
+        self.eval()
 
     def forward(self, image: Tensor, image_size: Tensor) -> tuple[Tensor, ...]:
         det = self.model.detect(image, image_size[None])[0]  # (h, w) clip the boxes
@@ -129,6 +133,12 @@ def export_onnx(
             mask branch with detections).
     """
     onnx = _require("onnx")
+    if opset < 16 and any(isinstance(m, BoxTemplateBranch) for m in model.modules()):
+        raise ValueError(
+            f"opset={opset}: templates read from the box (model.mask.template_from=box) use "
+            "RoIAlign with aligned=True, which ONNX has from opset 16; export with opset=16 "
+            "or higher"
+        )
     graph = InferenceGraph(model.cpu())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

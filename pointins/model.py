@@ -126,8 +126,11 @@ class PointINS(nn.Module):
             return detections
         queries = queries_from_detections(detections, self.detector.strides)
         probs = self.mask(outputs.poi_features, queries).sigmoid()  # (N, S, S)
-        for det, p in zip(detections, probs.split([len(d) for d in detections]), strict=True):
-            det.masks = p
+        if len(detections) == 1:  # one image: no split (an exported graph's path, where a
+            detections[0].masks = probs  # split would fix the traced image's count)
+        else:
+            for det, p in zip(detections, probs.split([len(d) for d in detections]), strict=True):
+                det.masks = p
         if self.maskness:
             detections = [rescore(det, maskness(det.masks)) for det in detections]
         return detections

@@ -75,7 +75,7 @@ def test_bench_runs_every_case_and_writes_the_table(tmp_path) -> None:
         ]
     )
     kinds = [case["kind"] for case, _ in results]
-    # 5 models, 4K masks, point templates, onnxruntime; 3 detection counts; 3 scales
+    # 5 models, 4K masks, the other templates, onnxruntime; 3 detection counts; 3 scales
     assert kinds.count("infer") == 8 + 3 + 3 and kinds.count("train") == 5 + 2 + 2
     for case, result in results:
         if case["kind"] == "infer":
@@ -111,6 +111,14 @@ def test_only_keeps_the_chosen_kinds() -> None:
         bench.parse_args([*TINY, "--only", "inference"])
     chosen = cases.plan(bench.parse_args([*TINY, "--only", "train", "--models", "maskrcnn"]))
     assert [(c["kind"], c["model"]) for c in chosen] == [("train", "maskrcnn")]
+
+
+@pytest.mark.parametrize(("experiment", "other"), [("shapes", "point"), ("none", "box")])
+def test_the_other_template_read_is_timed_beside_the_recipes(experiment, other) -> None:
+    planned = cases.plan(bench.parse_args(["--experiment", experiment, "--only", "infer"]))
+    variants = [c for c in planned if c.get("variant") == f"{other} templates"]
+    assert len(variants) == 1
+    assert variants[0]["overrides"] == [f"model.mask.template_from={other}"]
 
 
 def test_eval_memory_is_read_after_every_checkpoint_of_one_pass(tmp_path) -> None:

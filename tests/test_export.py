@@ -10,6 +10,7 @@ from torchvision.ops import box_iou
 
 from pointins import Predictor
 from pointins.export import OnnxPredictor, export_onnx, main
+from pointins.predictor import load_image
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -33,9 +34,11 @@ def _matched(torch_pred, onnx_pred) -> None:
     assert (differ <= allowed).all(), (differ.max(), union[(differ - allowed).argmax()])
 
 
+POINT = ("mask=pointins_small",)  # the paper's point templates; TINY's default reads the box
+
+
 @pytest.mark.parametrize(
-    ("detector", "overrides"),
-    [("fcos", ()), ("retinanet", ()), ("fcos", ("model.mask.template_from=box",))],
+    ("detector", "overrides"), [("fcos", POINT), ("retinanet", POINT), ("fcos", ())]
 )
 def test_onnxruntime_matches_pytorch_on_the_val_images(
     tiny_checkpoint, tmp_path, detector, overrides
@@ -48,6 +51,44 @@ def test_onnxruntime_matches_pytorch_on_the_val_images(
     assert onnx_predictor.class_names == predictor.class_names and onnx_predictor.canvas is None
     for file in files:  # sizes unlike the synthetic square the graph was traced with
         _matched(predictor(file), onnx_predictor(file))
+
+
+@pytest.mark.parametrize("overrides", [POINT, ()], ids=["point", "box"])
+def test_the_graph_returns_each_images_own_number_of_detections(
+    tiny_checkpoint, tmp_path, overrides
+):
+    """Traced on one image, the graph serves images with more and fewer detections (a score
+    threshold near the traced image's median score makes the counts differ)."""
+    ckpt, data = tiny_checkpoint("fcos", *overrides)
+    files = sorted((data / "shapes" / "images" / "train").iterdir())
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=1)
+    scores = predictor(files[0]).scores  # (n,) decreasing
+    half = len(scores) // 2  # a threshold midway between two scores, not at one
+    predictor.model.detector.postprocess.score_thresh = float(scores[half - 1 : half + 1].mean())
+    out = export_onnx(
+        predictor.model,
+        predictor.preprocess,
+        tmp_path / "model.onnx",
+        predictor.class_names,
+        example=load_image(files[0]),
+    )
+    assert not predictor.model.training  # exporting leaves the model as it found it
+    onnx_predictor = OnnxPredictor(out)
+    counts = []
+    for file in files:
+        torch_pred, onnx_pred = predictor(file), onnx_predictor(file)
+        counts.append(len(torch_pred))
+        if len(torch_pred):
+            _matched(torch_pred, onnx_pred)
+        else:
+            assert len(onnx_pred) == 0
+    assert len(set(counts)) > 2, counts  # more and fewer than the traced image's
+
+
+def test_box_templates_need_opset_16(tiny_checkpoint, tmp_path):
+    ckpt, _ = tiny_checkpoint("fcos")
+    with pytest.raises(ValueError, match="opset=15.*template_from=box.*opset=16"):
+        main([f"ckpt_path={ckpt}", f"out={tmp_path / 'm.onnx'}", "opset=15"])
 
 
 def test_a_fixed_size_export_pads_every_image_to_it(tiny_checkpoint, tmp_path):

@@ -46,10 +46,11 @@ def grads_of(module: InstanceAwareMask) -> dict[str, torch.Tensor | None]:
     }
 
 
+@pytest.mark.parametrize("template_from", ["point", "box"])
 @pytest.mark.parametrize("fusion", ["conv1x1", "conv3x3", "add", "concat"])
-def test_forward_backward_reaches_every_branch(fusion: str) -> None:
+def test_forward_backward_reaches_every_branch(fusion: str, template_from: str) -> None:
     torch.manual_seed(0)
-    module = InstanceAwareMask(**SMALL, fusion=fusion)
+    module = InstanceAwareMask(**SMALL, fusion=fusion, template_from=template_from)
     features, queries = make_inputs(6)
     logits = module(features, queries)
     assert logits.shape == (6, 16, 16) and module.mask_size == 16
@@ -74,9 +75,10 @@ def test_default_configuration_runs() -> None:
     assert module.template_branch.conv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("template_from", ["point", "box"])
 @pytest.mark.parametrize("fusion", ["conv1x1", "conv3x3", "add", "concat"])
-def test_empty_batch_forward_backward(fusion: str) -> None:
-    module = InstanceAwareMask(**SMALL, fusion=fusion)
+def test_empty_batch_forward_backward(fusion: str, template_from: str) -> None:
+    module = InstanceAwareMask(**SMALL, fusion=fusion, template_from=template_from)
     features, queries = make_inputs(4)
     empty = queries[torch.zeros(0, dtype=torch.long)]
     logits = module(features, empty)
@@ -105,9 +107,10 @@ def test_empty_batch_goes_around_the_compiled_head() -> None:
     torch._dynamo.reset()
 
 
-def test_rows_are_independent_and_in_query_order() -> None:
+@pytest.mark.parametrize("template_from", ["point", "box"])
+def test_rows_are_independent_and_in_query_order(template_from: str) -> None:
     torch.manual_seed(0)
-    module = InstanceAwareMask(**SMALL).eval()
+    module = InstanceAwareMask(**SMALL, template_from=template_from).eval()
     features, queries = make_inputs(9)
     with torch.no_grad():
         full = module(features, queries)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from pointins.mask.instance_aware_mask import InstanceAwareMask
 from pointins.mask.template_branch import (
@@ -222,7 +223,8 @@ def test_box_template_cell_reads_the_features_under_its_box_cell() -> None:
     features = []
     for (h, w), stride in zip(SHAPES, STRIDES, strict=True):
         x = (torch.arange(w, dtype=torch.float64) + 0.5) * stride  # pixel x of column centres
-        features.append(x.expand(2, 1, h, w).clone())
+        image = 100.0 * torch.arange(2, dtype=torch.float64).view(2, 1, 1, 1)  # 0 or 100
+        features.append(x.expand(2, 1, h, w) + image)
     branch = BoxTemplateBranch(1, E=1, K=K, kernel_size=1).double()
     with torch.no_grad():
         branch.conv.weight.fill_(1.0)
@@ -239,11 +241,15 @@ def test_box_template_cell_reads_the_features_under_its_box_cell() -> None:
         templates = branch(features, q)  # (2, 1, K, K)
         width = boxes[:, 2] - boxes[:, 0]
         centres = boxes[:, :1] + (torch.arange(K) + 0.5) * width[:, None] / K  # (2, K)
+        centres = centres + 100.0 * q.batch_idx[:, None]  # each query reads its own image
         torch.testing.assert_close(templates[:, 0], centres[:, None, :].expand(2, K, K))
 
 
 def test_box_template_reads_only_its_own_level() -> None:
-    features = [torch.full((2, 1, h, w), float(level)) for level, (h, w) in enumerate(SHAPES)]
+    image = 10.0 * torch.arange(2.0).view(2, 1, 1, 1)  # image b adds 10 b
+    features = [
+        (level + image).expand(2, 1, h, w).contiguous() for level, (h, w) in enumerate(SHAPES)
+    ]
     branch = BoxTemplateBranch(1, E=1, K=2, kernel_size=1)
     with torch.no_grad():
         branch.conv.weight.fill_(1.0)
@@ -257,7 +263,29 @@ def test_box_template_reads_only_its_own_level() -> None:
         target_boxes=box,
     )
     # the box lies inside every level's map (aligned bilinear samples read the level value)
-    assert branch(features, q).flatten(1).mean(1).tolist() == [2.0, 0.0, 1.0]
+    assert branch(features, q).flatten(1).mean(1).tolist() == [2.0, 10.0, 1.0]
+
+
+def test_box_templates_equal_a_roi_align_per_query() -> None:
+    """Levels, images and boxes mixed: each template is its own image's template map on its
+    own level, RoI-aligned over its own box, as a query read alone would be."""
+    features = make_features(4)
+    queries = make_queries()
+    gen = torch.Generator().manual_seed(1)
+    corner = torch.rand(len(queries), 2, generator=gen, dtype=torch.float64) * 40
+    size = 4 + torch.rand(len(queries), 2, generator=gen, dtype=torch.float64) * 40
+    queries = replace(queries, target_boxes=torch.cat([corner, corner + size], 1))  # (N, 4)
+    branch = BoxTemplateBranch(4, E=2, K=3, kernel_size=3).double()
+    maps = [branch.conv(f) for f in features]  # per level (B, E, H_l, W_l)
+    expected = torch.stack(
+        [
+            roi_align(maps[int(lvl)][int(b)][None], [box[None] / s], 3, 1.0, 1, aligned=True)[0]
+            for b, lvl, box, s in zip(
+                queries.batch_idx, queries.level, queries.target_boxes, queries.stride, strict=True
+            )
+        ]
+    )  # (N, E, K, K)
+    torch.testing.assert_close(branch(features, queries), expected)
 
 
 def test_box_templates_have_no_finer_level_read() -> None:

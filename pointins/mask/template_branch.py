@@ -206,9 +206,10 @@ class BoxTemplateBranch(nn.Module):
         K: template side.
         kernel_size: ``k_t``, odd.
         init_std: std of the conv's normal weight init (zero bias).
-        sampling_ratio: bilinear samples per RoI bin and axis. One: the detectors assign
-            an object to the level where its box spans about ``K`` cells or fewer, so a
-            bin is about a cell.
+        sampling_ratio: bilinear samples per RoI bin and axis. One: at the paper's
+            ``K = 16`` a bin of a box on its assigned level spans about a cell or less; at
+            ``K = 8`` it can span two, read at its centre from a map the ``k_t x k_t`` conv
+            has already smoothed over neighbouring cells.
     """
 
     def __init__(
@@ -235,23 +236,26 @@ class BoxTemplateBranch(nn.Module):
     def forward(self, poi_features: Sequence[Tensor], queries: InstanceQueries) -> Tensor:
         """Templates ``(N, E, K, K)`` for the queries, in query order.
 
-        One RoI-align per level over that level's queries, as torchvision's
-        ``MultiScaleRoIAlign`` and detectron2's ``ROIPooler`` do (finding them is one
-        host sync per level on a GPU).
+        Each level's map is RoI-aligned over every query and kept for the queries of that
+        level: ``L`` times the bilinear reads of a split by level (they are ``N·E·K²`` per
+        level, little beside the map's conv), without the host sync and data-dependent
+        shapes a split costs, so that ONNX and ``torch.compile`` trace it whole.
         """
         dtype = torch.promote_types(poi_features[0].dtype, torch.float32)  # boxes need fp32
-        # (N, 4): the box in cells of the query's own level
-        boxes = (queries.target_boxes / queries.stride[:, None]).to(dtype)
-        templates = boxes.new_zeros(len(queries), self.E, self.K, self.K)
+        boxes = (queries.target_boxes / queries.stride[:, None]).to(dtype)  # (N, 4) in cells
+        rois = torch.cat([queries.batch_idx[:, None].to(dtype), boxes], dim=1)  # (N, 5)
+        own_level = queries.level[:, None, None, None]  # (N, 1, 1, 1)
+        templates = None
         for level, feat in enumerate(poi_features):
             template_map = self.conv(feat).to(dtype).contiguous()  # (B, E, H_l, W_l)
-            idx = torch.nonzero(queries.level == level).squeeze(1)  # (N_l,)
-            rois = torch.cat([queries.batch_idx[idx, None].to(dtype), boxes[idx]], dim=1)
             aligned = roi_align(
                 template_map, rois, self.K, 1.0, self.sampling_ratio, aligned=True
-            )  # (N_l, E, K, K)
-            templates = templates.index_copy(0, idx, aligned)  # (N, E, K, K)
-        return templates
+            )  # (N, E, K, K)
+            if templates is None:
+                templates = aligned
+            else:
+                templates = torch.where(own_level == level, aligned, templates)  # (N, E, K, K)
+        return templates.to(poi_features[0].dtype)  # the features' dtype, as point templates
 
     def extra_repr(self) -> str:
         return f"E={self.E}, K={self.K}, sampling_ratio={self.sampling_ratio}"
