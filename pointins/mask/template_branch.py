@@ -238,8 +238,8 @@ class BoxTemplateBranch(nn.Module):
 
         One RoI-align per level over that level's queries, as torchvision's
         ``MultiScaleRoIAlign`` and detectron2's ``ROIPooler`` do (finding them is one host
-        sync per level on a GPU; aligning every query on every level instead costs a fifth
-        more on the CPU).
+        sync per level on a GPU; aligning every query on every level instead avoids it but
+        costs more bilinear work, which the CPU feels).
         """
         dtype = torch.promote_types(poi_features[0].dtype, torch.float32)  # boxes need fp32
         boxes = (queries.target_boxes / queries.stride[:, None]).to(dtype)  # (N, 4) in cells
