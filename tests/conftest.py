@@ -23,7 +23,7 @@ def compose_cfg():
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(detector="fcos", *overrides) -> (checkpoint, data dir): the TINY
     recipe (tests/tiny.py) trained once per test run, detector and overrides, with score
