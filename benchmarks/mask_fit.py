@@ -99,7 +99,8 @@ def fit_mask(
         with torch.autocast(device_type, dtype=precision, enabled=precision is not None):
             with torch.no_grad():
                 _, state = model.detector.forward_train(model.features(batch.images), batch.targets)
-            loss, logits, targets = model.mask_losses(state, batch.targets, generator)
+            logits, targets = model.mask_logits(state, batch.targets, generator)
+            loss = model.weighted_mask_loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

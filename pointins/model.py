@@ -94,26 +94,27 @@ class PointINS(nn.Module):
         losses = {k: self.det_weight * v for k, v in det_losses.items()}
         if self.mask is None:
             return losses
-        losses["loss_mask"], _, _ = self.mask_losses(state, targets, generator)
+        losses["loss_mask"] = self.weighted_mask_loss(*self.mask_logits(state, targets, generator))
         return losses
 
-    def mask_losses(
+    def mask_logits(
         self,
         state: DetectorState,
         targets: list[dict[str, Tensor]],
         generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """The mask module on its training queries (§3.3) drawn from the detector's training
-        state: the weighted mask loss (λ_mask · L_mask), the logits ``(Q, S, S)`` and their
-        targets ``(Q, S, S)``, ``S = mask_size``."""
+        state: the logits ``(Q, S, S)`` and their targets ``(Q, S, S)``, ``S = mask_size``."""
         anchor_gt = self.detector.mask_anchor_condition(state, self.sampler.anchor_iou)  # (B, N)
         # targets first: their crop's transient memory then comes before the head's activations
         queries, mask_gt = self.sampler(
             state, anchor_gt, [t["masks"] for t in targets], self.mask.mask_size, generator
         )  # Q queries, (Q, S, S)
-        logits = self.mask(state.poi_features, queries)  # (Q, S, S)
-        loss = mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
-        return self.mask_weight * loss, logits, mask_gt
+        return self.mask(state.poi_features, queries), mask_gt  # (Q, S, S), (Q, S, S)
+
+    def weighted_mask_loss(self, logits: Tensor, mask_gt: Tensor) -> Tensor:
+        """The weighted mask loss λ_mask · L_mask of :meth:`mask_logits`' output."""
+        return self.mask_weight * mask_loss(logits, mask_gt, self.edge_weight, self.dice_weight)
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()

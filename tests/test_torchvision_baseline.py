@@ -15,6 +15,7 @@ from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
+from tiny import TINY_DATA
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 import train as train_entry
@@ -33,21 +34,10 @@ from pointins.lit_module import DetectionModule, PointINSModule, module_class
 from pointins.runner import build_datamodule, build_trainer
 from pointins.structures import Batch, pad_images
 
-DATA = [
-    "experiment=shapes",
-    "data.num_train=8",
-    "data.num_val=2",
-    "data.train_scales=[96]",
-    "data.test_scale=96",
-    "data.max_size=128",
-    "data.num_workers=0",
-    "data.batch_size=2",
-    "data.val_batch_size=2",
-]
 # A model small enough to train a few steps on CPU in seconds; the recipe's width of 64
 # (GroupNorm(32) needs 2 channels per group at P7's 1×1 of these small images).
 TINY = [
-    *DATA,
+    *TINY_DATA,
     "model.detector.head.num_convs=1",
     "optim.scheduler.warmup_steps=2",
     "optim.max_epochs=2",

@@ -22,7 +22,8 @@ TINY_MODEL = [
     "model.mask.head_convs=1",
 ]
 
-TINY = [
+#: the data's part of TINY: 8 train and 2 val images of 96 px, batches of 2, no workers
+TINY_DATA = [
     "experiment=shapes",
     "data.num_train=8",
     "data.num_val=2",
@@ -32,6 +33,10 @@ TINY = [
     "data.batch_size=2",
     "data.val_batch_size=2",
     "data.num_workers=0",
+]
+
+TINY = [
+    *TINY_DATA,
     *TINY_MODEL,
     "optim.scheduler.warmup_steps=2",
     "optim.max_epochs=2",

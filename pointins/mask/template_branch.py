@@ -164,11 +164,6 @@ class TemplateBranch(nn.Module):
             "TemplateBranch", in_channels, E, K, kernel_size, init_std, E * K * K
         )
 
-    @property
-    def out_channels(self) -> int:
-        """Channels of the template, ``E``."""
-        return self.E
-
     def forward(self, poi_features: Sequence[Tensor], queries: InstanceQueries) -> Tensor:
         """Templates ``(N, E, K, K)`` for the queries, in query order.
 
@@ -227,11 +222,6 @@ class BoxTemplateBranch(nn.Module):
         self.kernel_size = kernel_size
         self.sampling_ratio = sampling_ratio
         self.conv = template_conv("BoxTemplateBranch", in_channels, E, K, kernel_size, init_std, E)
-
-    @property
-    def out_channels(self) -> int:
-        """Channels of the template, ``E``."""
-        return self.E
 
     def forward(self, poi_features: Sequence[Tensor], queries: InstanceQueries) -> Tensor:
         """Templates ``(N, E, K, K)`` for the queries, in query order.
