@@ -7,9 +7,11 @@ the command line's sweeps, e.g. ``seed=1,2,3``, expanded as Hydra's basic sweepe
 jobs that never started are listed too. Each job directory is matched by its
 ``.hydra/overrides.yaml``; its ``metrics.json`` gives AP, AP50 and AP75 (``segm/``, or
 ``bbox/`` for a run without masks) and, when present, ``speed/images_per_second`` (the T11
-test-scale sweep). A row is one setting of the ablation's axes (``setting``) and of the
-command line's axes (a column each); jobs that differ only in ``seed`` are one row with the
-mean ± sample standard deviation of each metric over the ``n`` seeds that have metrics.
+test-scale sweep). A row is one setting of the ablation's axes (``setting``; a row of
+several options, ``row={E:36,K:8}``, is labelled by the entries it changes from the
+configured one) and of the command line's axes (a column each); jobs that differ only in
+``seed`` are one row with the mean ± sample standard deviation of each metric over the
+``n`` seeds that have metrics.
 Rows keep the table's order; the row whose values equal the un-swept configuration is
 marked ``(default)``; a job with a directory but no ``metrics.json`` is ``failed``, one
 without a directory ``missing`` (a row of seeds of which only some have metrics says
@@ -109,13 +111,33 @@ def read_sweep(sweep_dir: str | Path) -> tuple[str, list[Row]]:
         default = bool(ablation) and all(
             _value(cfg, k) == v for k, v in map(_parsed_value, ablation)
         )
-        setting = ", ".join(f"{_column(o)}={o.split('=', 1)[1]}" for o in ablation) or "—"
+        setting = ", ".join(_setting(cfg, o) for o in ablation) or "—"
         seeds = [o.split("=", 1)[1] for job, _ in jobs for o in job if _key(o) == SEED_KEY]
         row = _merge_jobs([job_dir for _, job_dir in jobs])
         row.setting, row.overrides, row.default, row.axes = setting, list(row_key), default, axes
         row.seeds = seeds if SEED_KEY in swept else []
         rows.append(row)
     return str(cfg.task_name), rows
+
+
+def _setting(cfg: DictConfig, override: str) -> str:
+    """A row's label for one swept override: ``column=value``; a dict (one row of several
+    options, ``row={E:9,K:16}``) as its entries that differ from the configured dict, or all
+    of them where none does (the configured row)."""
+    key, value = _parsed_value(override)
+    if not isinstance(value, dict):
+        return f"{_column(override)}={override.split('=', 1)[1]}"
+    configured = _value(cfg, key)
+    configured = configured if isinstance(configured, dict) else {}
+    changed = {k: v for k, v in value.items() if k not in configured or configured[k] != v}
+    return ", ".join(f"{k}={_yaml_value(v)}" for k, v in (changed or value).items())
+
+
+def _yaml_value(value: object) -> str:
+    """``value`` as an override writes it: true, null, 2.0, box."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _load_multirun(sweep_dir: Path) -> DictConfig:

@@ -59,6 +59,27 @@ def test_table_rows_follow_the_paper_and_mark_default_failed_missing(compose_cfg
     assert to_csv(rows).splitlines()[0] == "setting,AP,AP50,AP75,status,default"
 
 
+def test_a_row_of_several_options_is_labelled_by_what_it_changes(compose_cfg, tmp_path):
+    base = ["ablation=mask_quality", "experiment=shapes"]
+    cfg = compose_cfg(base)
+    cfg.hydra.overrides.task = base
+    (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml(cfg))
+    title, rows = read_sweep(tmp_path)  # no job has run: every row is missing
+    assert [r.setting for r in rows] == [
+        "maskness=false, output_scale=2, dice=0.0, template_level=null, template_from=point, "
+        "loss_weight=2.0",
+        "maskness=true",
+        "output_scale=4",
+        "dice=1.0",
+        "template_level=1",
+        "template_from=box",
+        "template_from=box, loss_weight=1.0",
+    ]
+    assert [r.default for r in rows] == [True] + [False] * 6
+    assert {r.status for r in rows} == {"missing"}
+    assert rows[0].overrides[0].startswith("row={maskness:")  # the override as Hydra wrote it
+
+
 def test_command_prints_markdown_and_writes_csv(compose_cfg, tmp_path, capsys):
     _fake_sweep(compose_cfg, tmp_path / "sweep", {"add": {"bbox/AP": 1.0, "bbox/AP50": 2.0}})
     main([str(tmp_path / "sweep"), "--csv", str(tmp_path / "t.csv")])
