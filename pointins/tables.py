@@ -108,10 +108,9 @@ def read_sweep(sweep_dir: str | Path) -> tuple[str, list[Row]]:
     for row_key, jobs in groups.items():
         ablation = [o for o in row_key if _key(o) in ablation_keys and _key(o) not in cli_keys]
         axes = {_column(o): o.split("=", 1)[1] for o in row_key if _key(o) in cli_keys}
-        default = bool(ablation) and all(
-            _value(cfg, k) == v for k, v in map(_parsed_value, ablation)
-        )
-        setting = ", ".join(_setting(cfg, o) for o in ablation) or "—"
+        parsed = [(o, *_parsed_value(o)) for o in ablation]  # (override, key, value)
+        default = bool(parsed) and all(_value(cfg, k) == v for _, k, v in parsed)
+        setting = ", ".join(_setting(cfg, *entry) for entry in parsed) or "—"
         seeds = [o.split("=", 1)[1] for job, _ in jobs for o in job if _key(o) == SEED_KEY]
         row = _merge_jobs([job_dir for _, job_dir in jobs])
         row.setting, row.overrides, row.default, row.axes = setting, list(row_key), default, axes
@@ -120,11 +119,10 @@ def read_sweep(sweep_dir: str | Path) -> tuple[str, list[Row]]:
     return str(cfg.task_name), rows
 
 
-def _setting(cfg: DictConfig, override: str) -> str:
-    """A row's label for one swept override: ``column=value``; a dict (one row of several
-    options, ``row={E:9,K:16}``) as its entries that differ from the configured dict, or all
-    of them where none does (the configured row)."""
-    key, value = _parsed_value(override)
+def _setting(cfg: DictConfig, override: str, key: str, value: object) -> str:
+    """A row's label for one swept override (parsed: ``key``, ``value``): ``column=value``;
+    a dict (one row of several options, ``row={E:9,K:16}``) as its entries that differ from
+    the configured dict, or all of them where none does (the configured row)."""
     if not isinstance(value, dict):
         return f"{_column(override)}={override.split('=', 1)[1]}"
     configured = _value(cfg, key)

@@ -15,7 +15,7 @@ from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from pytorch_lightning.callbacks import Callback
-from tiny import TINY_DATA
+from tiny import TINY_DATA, TINY_TRAINER
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 import train as train_entry
@@ -36,17 +36,7 @@ from pointins.structures import Batch, pad_images
 
 # A model small enough to train a few steps on CPU in seconds; the recipe's width of 64
 # (GroupNorm(32) needs 2 channels per group at P7's 1×1 of these small images).
-TINY = [
-    *TINY_DATA,
-    "model.detector.head.num_convs=1",
-    "optim.scheduler.warmup_steps=2",
-    "optim.max_epochs=2",
-    "trainer.check_val_every_n_epoch=1",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
-    "logger=csv",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+TINY = [*TINY_DATA, "model.detector.head.num_convs=1", *TINY_TRAINER]
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,8 @@ TINY_DATA = [
     "data.num_workers=0",
 ]
 
-TINY = [
-    *TINY_DATA,
-    *TINY_MODEL,
+#: the schedule's part of TINY: 2 epochs, validated after each, on the CPU, CSV logs
+TINY_TRAINER = [
     "optim.scheduler.warmup_steps=2",
     "optim.max_epochs=2",
     "trainer.check_val_every_n_epoch=1",
@@ -46,6 +45,8 @@ TINY = [
     "logger=csv",
     "callbacks.progress_bar.refresh_rate=0",
 ]
+
+TINY = [*TINY_DATA, *TINY_MODEL, *TINY_TRAINER]
 
 
 def train_tiny(out: Path, data_dir: Path, extra: list[str] | None = None) -> Path:
