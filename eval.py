@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pointins.lit_module import DetectionModule, load_module
 from pointins.loggers import (
+    TrainingRun,
     finish_runs,
     identity_kwargs,
     log_final,
@@ -50,15 +51,14 @@ def load_checkpoint(path: str, class_names: list[str] | None = None) -> Detectio
     return model
 
 
-def wandb_kwargs(cfg: DictConfig) -> dict[str, dict]:
+def wandb_kwargs(cfg: DictConfig, source: TrainingRun) -> dict[str, dict]:
     """The W&B run of an evaluation: ``job_type=eval``, in the group of the training run
-    that wrote the checkpoint (its run folder's ``wandb_group`` file), named like a
-    training run (``eval`` + overrides)."""
+    ``source`` that wrote the checkpoint (its run folder's ``wandb_group`` file), named
+    like a training run (``eval`` + overrides)."""
     if "wandb" not in (cfg.get("logger") or {}):
         return {}
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     identity = run_identity(cfg, hydra_cfg, job_type="eval")
-    source = training_run(cfg.ckpt_path)
     if source.wandb_group is not None:
         identity = dataclasses.replace(identity, group=source.wandb_group)
     return {"wandb": identity_kwargs(identity, cfg.logger.wandb)}
@@ -69,17 +69,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = load_checkpoint(cfg.ckpt_path, datamodule.class_names)
-    if model.preprocess is not None and model.preprocess.differences(datamodule.preprocess):
-        changes = model.preprocess.differences(datamodule.preprocess).items()
+    trained = model.preprocess
+    changes = {} if trained is None else trained.differences(datamodule.preprocess)
+    if changes:
         log.warning(
             "evaluating with preprocessing unlike training (data.*): %s; pass the "
             "experiment/data the checkpoint was trained with to evaluate it as trained",
-            ", ".join(f"{k} {a} (training) -> {b}" for k, (a, b) in changes),
+            ", ".join(f"{k} {a} (training) -> {b}" for k, (a, b) in changes.items()),
         )
-    trainer = build_trainer(cfg, wandb_kwargs(cfg))
+    source = training_run(cfg.ckpt_path)
+    trainer = build_trainer(cfg, wandb_kwargs(cfg, source))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("hydra", None)
-    source = training_run(cfg.ckpt_path)
     resolved["train_run"] = {"dir": source.dir, "wandb_id": source.wandb_id}
     try:
         for logger in trainer.loggers:  # test scale, checkpoint and the training run

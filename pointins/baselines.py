@@ -13,9 +13,9 @@ model and changes only what the comparison needs to be equal):
 
 * Resizing and normalisation belong to our datamodule, so the models' internal
   ``GeneralizedRCNNTransform`` becomes :class:`IdentityTransform`: it only pads the
-  un-padded images into a batch (to a multiple of 32, torchvision's default; its RoI
-  pooler infers each level's scale from the padded size and would misjudge it with our
-  multiple of 128 on small images), and returns detections in input coordinates.
+  images, which torchvision takes as a list, into a batch again (to a multiple of 32,
+  torchvision's default and the recipe's ``data.size_divisibility``), and returns
+  detections in input coordinates.
   :func:`rescale_predictions` maps them to the original image, as torchvision's own
   ``postprocess`` does: boxes scaled, Mask R-CNN's 28×28 masks pasted at the original
   resolution with torchvision's ``paste_masks_in_image`` and thresholded at 0.5.
@@ -75,16 +75,6 @@ MASKRCNN_NMS = 0.5  # torchvision's box_nms_thresh
 
 
 # ----------------------------------------------------------------- recipe options
-def head_option(detector: Mapping[str, Any], key: str) -> Any:
-    """``model.detector.head.<key>`` of the recipe (tower depth, width, norm, prior)."""
-    return detector["head"][key]
-
-
-def postprocess_option(detector: Mapping[str, Any], key: str) -> Any:
-    """``model.detector.postprocess.<key>`` of the recipe (inference options)."""
-    return detector["postprocess"][key]
-
-
 # ---------------------------------------------------------------------------- model
 class PyramidBackbone(nn.Module):
     """Our ``TimmBackbone`` → ``FPN`` as torchvision's detectors want a backbone:
@@ -163,18 +153,18 @@ def build_fcos(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) ->
         sizes=tuple((s,) for s in pyramid.strides),  # one point per location, size = stride
         aspect_ratios=((1.0,),) * len(pyramid.strides),
     )
-    num_convs = int(head_option(detector, "num_convs"))
+    num_convs = int(detector["head"]["num_convs"])
     head = FCOSHead(pyramid.out_channels, 1, num_classes, num_convs=num_convs)
-    _set_prior(head.classification_head.cls_logits, head_option(detector, "prior_prob"))
+    _set_prior(head.classification_head.cls_logits, detector["head"]["prior_prob"])
     return FCOS(
         pyramid,
         num_classes,
         anchor_generator=anchors,
         head=head,
-        score_thresh=postprocess_option(detector, "score_thresh"),
-        nms_thresh=postprocess_option(detector, "nms_thresh"),
-        detections_per_img=postprocess_option(detector, "detections_per_img"),
-        topk_candidates=postprocess_option(detector, "topk_candidates"),
+        score_thresh=detector["postprocess"]["score_thresh"],
+        nms_thresh=detector["postprocess"]["nms_thresh"],
+        detections_per_img=detector["postprocess"]["detections_per_img"],
+        topk_candidates=detector["postprocess"]["topk_candidates"],
     )
 
 
@@ -184,12 +174,12 @@ def build_retinanet(pyramid: PyramidBackbone, detector: Mapping, num_classes: in
         aspect_ratios=((0.5, 1.0, 2.0),) * len(pyramid.strides),
     )
     # GroupNorm(32) in the towers when the recipe's detector has it (torchvision's v2 head)
-    norm = partial(nn.GroupNorm, 32) if head_option(detector, "group_norm") else None
+    norm = partial(nn.GroupNorm, 32) if detector["head"]["group_norm"] else None
     head = RetinaNetHead(
         pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm
     )
-    _set_prior(head.classification_head.cls_logits, head_option(detector, "prior_prob"))
-    num_convs = int(head_option(detector, "num_convs"))
+    _set_prior(head.classification_head.cls_logits, detector["head"]["prior_prob"])
+    num_convs = int(detector["head"]["num_convs"])
     head.classification_head.conv = head.classification_head.conv[:num_convs]
     head.regression_head.conv = head.regression_head.conv[:num_convs]
     return RetinaNet(
@@ -197,10 +187,10 @@ def build_retinanet(pyramid: PyramidBackbone, detector: Mapping, num_classes: in
         num_classes,
         anchor_generator=anchors,
         head=head,
-        score_thresh=postprocess_option(detector, "score_thresh"),
-        nms_thresh=postprocess_option(detector, "nms_thresh"),
-        detections_per_img=postprocess_option(detector, "detections_per_img"),
-        topk_candidates=postprocess_option(detector, "topk_candidates"),
+        score_thresh=detector["postprocess"]["score_thresh"],
+        nms_thresh=detector["postprocess"]["nms_thresh"],
+        detections_per_img=detector["postprocess"]["detections_per_img"],
+        topk_candidates=detector["postprocess"]["topk_candidates"],
     )
 
 
@@ -221,9 +211,9 @@ def build_maskrcnn(pyramid: PyramidBackbone, detector: Mapping, num_classes: int
         box_roi_pool=box_pool,
         box_head=TwoMLPHead(width * 7 * 7, width),
         box_predictor=FastRCNNPredictor(width, num_classes + 1),
-        box_score_thresh=postprocess_option(detector, "score_thresh"),
+        box_score_thresh=detector["postprocess"]["score_thresh"],
         box_nms_thresh=MASKRCNN_NMS,
-        box_detections_per_img=postprocess_option(detector, "detections_per_img"),
+        box_detections_per_img=detector["postprocess"]["detections_per_img"],
         mask_roi_pool=mask_pool,
         mask_head=MaskRCNNHeads(width, (width,) * 4, dilation=1),
         mask_predictor=MaskRCNNPredictor(width, width, num_classes + 1),
@@ -251,11 +241,6 @@ def unpad(images: Tensor, image_sizes: Sequence[tuple[int, int]]) -> list[Tensor
     return [img[:, :h, :w] for img, (h, w) in zip(images, image_sizes, strict=True)]
 
 
-def to_torchvision_images(batch: Batch) -> list[Tensor]:
-    """The un-padded (3, h, w) images of a padded batch."""
-    return unpad(batch.images, batch.image_sizes)
-
-
 def convert_targets(
     targets: Sequence[Mapping[str, Tensor]], shift_labels: bool, with_masks: bool = False
 ) -> list[dict[str, Tensor]]:
@@ -268,13 +253,6 @@ def convert_targets(
             target["masks"] = t["masks"].to(torch.uint8)
         out.append(target)
     return out
-
-
-def to_torchvision_targets(
-    batch: Batch, shift_labels: bool, with_masks: bool = False
-) -> list[dict[str, Tensor]]:
-    """:func:`convert_targets` of a batch's targets."""
-    return convert_targets(batch.targets, shift_labels, with_masks)
 
 
 def rescale_predictions(
@@ -389,12 +367,12 @@ def _reject_pointins_options(
             f"model.compile=true compiles PointINS's network; baseline={name} does not support "
             "it. Drop the override."
         )
-    if head_option(detector, "checkpoint_towers"):
+    if detector["head"]["checkpoint_towers"]:
         raise ValueError(
             "model.detector.head.checkpoint_towers=true recomputes PointINS's towers; "
             f"baseline={name} uses torchvision's heads. Drop the override."
         )
-    conv_dim = head_option(detector, "conv_dim")
+    conv_dim = detector["head"]["conv_dim"]
     width = neck["out_channels"]
     if int(conv_dim) != int(width):
         raise ValueError(

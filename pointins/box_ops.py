@@ -3,8 +3,8 @@
 Assignment scores every anchor against every ground-truth box of the batch: a ``(B * G, N)``
 matrix with N ~ 60 k anchors per image for RetinaNet on the CPU demo (~200 k at 800x1333).
 ``torchvision.ops.box_iou`` builds it from ``(G, N, 2)`` corner tensors, their difference
-and its clamp, about ten ``(G, N)`` buffers live at once, which made the assignment the
-largest transient of a RetinaNet training step. :func:`box_iou` computes the intersection's
+and its clamp, about ten ``(G, N)`` buffers live at once, which would make the assignment
+the largest transient of a RetinaNet training step. :func:`box_iou` computes the intersection's
 width, then its height, in place: at most three ``(G, N)`` buffers are live. The values are
 torchvision's, bit for bit (same operations in the same order).
 """

@@ -180,7 +180,6 @@ def export_onnx(
             list(range(1, len(class_names) + 1)) if category_ids is None else list(category_ids)
         ),
         "mask_thresh": json.dumps(getattr(model, "mask_thresh", 0.5)),
-        "strides": json.dumps(model.detector.strides),
     }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

@@ -133,7 +133,7 @@ class PointINS(nn.Module):
             for det, p in zip(detections, probs.split([len(d) for d in detections]), strict=True):
                 det.masks = p
         if self.maskness:
-            detections = [rescore(det, maskness(det.masks)) for det in detections]
+            detections = [rescore(det, maskness(det.masks, self.mask_thresh)) for det in detections]
         return detections
 
     @torch.no_grad()
@@ -216,7 +216,8 @@ def build_detector(
         num_anchors=anchor_generator.num_anchors,
         num_levels=len(strides),
     )
-    parts = {k: v for k, v in detector.items() if k not in ("head", "anchor_generator")}
+    # p6_from is the FPN's (p6_input), not a part of the detector
+    parts = {k: v for k, v in detector.items() if k not in ("head", "anchor_generator", "p6_from")}
     return instantiate(parts, head=head, anchor_generator=anchor_generator, _convert_="all")
 
 

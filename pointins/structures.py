@@ -137,7 +137,7 @@ class Detections(_TensorFields):
     yx: Tensor  # (n, 2) long
     anchor_idx: Tensor  # (n,) long, 0..A-1
     anchors: Tensor  # (n, 4) anchor box (FCOS: the stride x stride cell of the location)
-    masks: Tensor | None = None  # (n, H, W) float probabilities or bool, once computed
+    masks: Tensor | None = None  # (n, S, S) box-relative mask probabilities, once computed
 
 
 @dataclass

@@ -16,6 +16,12 @@ def test_maskness_is_the_mean_probability_inside_the_predicted_mask() -> None:
     assert torch.allclose(maskness(probs), torch.tensor([0.9, 0.8, 0.0]))
 
 
+def test_maskness_reads_the_mask_the_threshold_pastes() -> None:
+    probs = torch.tensor([[[0.5, 0.9], [0.2, 0.1]]])  # (1, 2, 2)
+    assert torch.allclose(maskness(probs, 0.5), torch.tensor([0.7]))  # 0.5 is foreground
+    assert torch.allclose(maskness(probs, 0.6), torch.tensor([0.9]))
+
+
 def test_rescore_multiplies_and_reorders() -> None:
     det = Detections(
         boxes=torch.arange(12.0).reshape(3, 4),

@@ -26,9 +26,9 @@ from pointins.baselines import (
     TorchvisionDetector,
     TorchvisionModule,
     build_torchvision,
+    convert_targets,
     rescale_predictions,
-    to_torchvision_images,
-    to_torchvision_targets,
+    unpad,
 )
 from pointins.lit_module import DetectionModule, PointINSModule, module_class
 from pointins.runner import build_datamodule, build_trainer
@@ -80,9 +80,9 @@ def hand_batch() -> Batch:
 @pytest.mark.parametrize("training", [True, False])
 def test_identity_transform_leaves_images_and_targets_unchanged(training: bool) -> None:
     batch = hand_batch()
-    images = to_torchvision_images(batch)
+    images = unpad(batch.images, batch.image_sizes)
     assert [tuple(i.shape[-2:]) for i in images] == batch.image_sizes  # padding cropped off
-    targets = to_torchvision_targets(batch, shift_labels=False, with_masks=True)
+    targets = convert_targets(batch.targets, shift_labels=False, with_masks=True)
     transform = IdentityTransform().train(training)
     image_list, out = transform(images, targets)
     assert image_list.image_sizes == batch.image_sizes
@@ -98,7 +98,7 @@ def test_labels_shift_for_maskrcnn_only_and_round_trip() -> None:
     assert RESERVES_BACKGROUND == {"fcos": False, "retinanet": False, "maskrcnn": True}
     batch = hand_batch()
     for shift in (False, True):
-        targets = to_torchvision_targets(batch, shift_labels=shift)
+        targets = convert_targets(batch.targets, shift_labels=shift)
         assert targets[0]["labels"].tolist() == [0 + shift, 7 + shift]
         assert "masks" not in targets[0]
         predictions = [

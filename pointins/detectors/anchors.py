@@ -88,16 +88,6 @@ class _GridAnchorGenerator:
             self._cache_put(key, cached)
         return cached
 
-    def anchor_strides(
-        self,
-        feature_sizes: FeatureSizes,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """``(N,)`` stride in pixels of every concatenated anchor."""
-        strides = to_device(self.strides, device, dtype)  # (L,)
-        return strides[self.level_ids(feature_sizes, device)]
-
     # -- helpers --------------------------------------------------------------------
     def _check_sizes(self, feature_sizes: FeatureSizes) -> tuple[tuple[int, int], ...]:
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)

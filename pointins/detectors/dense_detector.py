@@ -42,8 +42,6 @@ class DenseDetector(nn.Module):
         loss: ``loss(outputs, anchors, assignment, box_coder) -> dict`` of loss terms.
         postprocess: ``postprocess(outputs, anchors, feature_sizes, A, box_coder,
             image_sizes) -> list[Detections]``.
-        p6_from: the FPN's P6 input in the original detector (RetinaNet ``c5``, FCOS and
-            ATSS ``p5``); read by ``build_model`` when ``model.neck.p6_from`` is null.
     """
 
     def __init__(
@@ -54,7 +52,6 @@ class DenseDetector(nn.Module):
         assigner,
         loss,
         postprocess,
-        p6_from: str = "p5",
     ) -> None:
         super().__init__()
         self.head = head
@@ -63,7 +60,6 @@ class DenseDetector(nn.Module):
         self.assigner = assigner
         self.loss = loss
         self.postprocess = postprocess
-        self.p6_from = p6_from
         if head.num_anchors != anchor_generator.num_anchors:
             raise ValueError(
                 f"dense_detector.py: the head predicts {head.num_anchors} anchors per location "

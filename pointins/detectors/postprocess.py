@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, remove_small_boxes
+from torchvision.ops import batched_nms
 
 from pointins.detectors.box_coders import BoxCoder
 from pointins.structures import DenseOutputs, Detections
@@ -69,7 +69,6 @@ def postprocess_detections(
     topk_candidates: int = 1000,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
-    min_size: float = 0.0,
 ) -> list[Detections]:
     """Turn dense head outputs into per-image detections.
 
@@ -86,7 +85,6 @@ def postprocess_detections(
         topk_candidates: at most this many candidates per level and image before NMS.
         nms_thresh: IoU threshold of the class-wise NMS.
         detections_per_img: keep the best this many per image after NMS.
-        min_size: drop boxes with a side below it after clipping (0 keeps all).
 
     Returns:
         ``B`` :class:`Detections`, each sorted by decreasing score.
@@ -130,9 +128,6 @@ def postprocess_detections(
         name: value.flatten(0, 1)[keep_idx]  # (B, K, ...) -> (B * K, ...) -> (M, ...)
         for name, value in cat.items()
     }
-    if min_size > 0:
-        small_ok = remove_small_boxes(flat["boxes"], min_size)
-        flat = {name: value[small_ok] for name, value in flat.items()}
 
     groups = flat["image"] * num_classes + flat["labels"]  # (M,)
     # kept: indices into the M candidates, by decreasing score

@@ -324,7 +324,7 @@ def mask_targets(
     Only one image's referenced masks are ever float at a time, at its own size: a
     target does not depend on the other images of the batch, and the transient is
     ``max_i U_i h_i w_i`` floats rather than ``U H_max W_max`` (all referenced masks
-    padded to the batch's largest image), which had been the largest transient of a
+    padded to the batch's largest image), which would be the largest transient of a
     PointINS training step. The host reads the device twice per batch, whatever its
     size: the ``unique`` of the referenced GTs, and the per-image counts of rows and GTs.
 

@@ -11,8 +11,8 @@ from torch import Tensor
 
 
 def maskness(probs: Tensor, threshold: float = 0.5) -> Tensor:
-    """``(N, S, S)`` mask probabilities -> ``(N,)`` mean probability over the pixels above
-    ``threshold`` (the predicted mask); 0 for a mask with no such pixel."""
-    foreground = (probs > threshold).to(probs.dtype)  # (N, S, S)
+    """``(N, S, S)`` mask probabilities -> ``(N,)`` mean probability over the pixels at or
+    above ``threshold`` (the predicted mask, as pasted); 0 for a mask with no such pixel."""
+    foreground = (probs >= threshold).to(probs.dtype)  # (N, S, S)
     inside = (probs * foreground).flatten(1).sum(1)  # (N,)
     return inside / foreground.flatten(1).sum(1).clamp(min=1.0)
