@@ -130,9 +130,7 @@ class DetectionModule(pl.LightningModule):
         optimizer = instantiate(optim["optimizer"], lr=lr)(params)
         scheduler_cfg = optim["scheduler"]
         log.info("%d optimiser steps in total, %d per epoch", total, steps_per_epoch)
-        late = milestones_past_the_end(
-            scheduler_cfg["milestones"], steps_per_epoch, total, scheduler_cfg.get("unit", "epoch")
-        )
+        late = milestones_past_the_end(scheduler_cfg["milestones"], steps_per_epoch, total)
         if late:
             log.warning(
                 "optim.scheduler.milestones %s lie at or beyond the end of this run (%d steps, "

@@ -221,6 +221,16 @@ def build_detector(
     return instantiate(parts, head=head, anchor_generator=anchor_generator, _convert_="all")
 
 
+#: ``model.mask`` keys the network itself keeps -> :class:`PointINS` arguments
+MASK_OPTIONS = {
+    "loss_weight": "mask_weight",
+    "edge_weight": "edge_weight",
+    "dice_weight": "dice_weight",
+    "maskness": "maskness",
+    "mask_thresh": "mask_thresh",
+}
+
+
 def build_model(
     backbone: Mapping,
     neck: Mapping,
@@ -248,19 +258,13 @@ def build_model(
     detector_m = build_detector(detector, neck_m.out_channels, num_classes, neck_m.strides)
     if mask is None:
         return PointINS(backbone_m, neck_m, detector_m, det_weight=det_weight)
-    network_keys = (
-        "sampling",
-        "loss_weight",
-        "edge_weight",
-        "dice_weight",
-        "maskness",
-        "mask_thresh",
-    )
+    network_keys = ("sampling", *MASK_OPTIONS)
     mask_m = instantiate(
         {k: v for k, v in mask.items() if k not in network_keys},
         in_channels=detector_m.head.out_channels,
         anchor_shape=detector_m.anchor_shape,
     )
+    options = {name: mask[key] for key, name in MASK_OPTIONS.items() if key in mask}
     return PointINS(
         backbone_m,
         neck_m,
@@ -268,9 +272,5 @@ def build_model(
         mask_m,
         QuerySampler(**mask.get("sampling", {})),
         det_weight,
-        mask.get("loss_weight", 2.0),
-        mask.get("edge_weight", 4.0),
-        mask.get("dice_weight", 0.0),
-        mask.get("maskness", False),
-        mask.get("mask_thresh", 0.5),
+        **options,
     )

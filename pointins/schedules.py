@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -11,21 +10,19 @@ from torch.optim.lr_scheduler import LambdaLR
 
 def warmup_multistep(
     optimizer: Optimizer,
-    milestones: Sequence[int],
+    milestones: Sequence[float],
     steps_per_epoch: int,
-    unit: Literal["epoch", "step"] = "epoch",
     gamma: float = 0.1,
     warmup_steps: int = 500,
     warmup_factor: float = 0.001,
 ) -> LambdaLR:
     """Linear warm-up from ``warmup_factor·lr`` over ``warmup_steps``, then ×``gamma`` at
-    each milestone. Milestones are in epochs (``unit='epoch'``, the COCO 1x/6x recipes:
-    8, 11 of 12) or in optimiser steps (``unit='step'``, the Cityscapes recipe: 18k of 24k).
+    each milestone. Milestones are in epochs, fractions allowed (the COCO 1x recipe: 8 and
+    11 of 12; Cityscapes: the paper's 18k of 24k iterations at batch 8 are epoch 48.4 of
+    64.5), so they mark the same point of the data whatever the batch
+    (``optim.auto_scale_lr``).
     """
-    if unit not in ("epoch", "step"):
-        raise ValueError(f"optim.scheduler.unit={unit!r}: choose epoch or step")
-    scale = steps_per_epoch if unit == "epoch" else 1
-    steps = sorted(int(m * scale) for m in milestones)
+    steps = sorted(int(m * steps_per_epoch) for m in milestones)
 
     def factor(step: int) -> float:
         decay = gamma ** sum(step >= m for m in steps)
@@ -54,9 +51,8 @@ def scale_to_batch(
 
 
 def milestones_past_the_end(
-    milestones: Sequence[float], steps_per_epoch: int, total_steps: int, unit: str = "epoch"
+    milestones: Sequence[float], steps_per_epoch: int, total_steps: int
 ) -> list[float]:
     """The milestones a schedule of ``total_steps`` never reaches (its rate never decays
     there: e.g. the 1x recipe's epochs 8 and 11 with ``trainer.max_epochs=2``)."""
-    scale = steps_per_epoch if unit == "epoch" else 1
-    return [m for m in milestones if int(m * scale) >= total_steps]
+    return [m for m in milestones if int(m * steps_per_epoch) >= total_steps]

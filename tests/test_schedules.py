@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up, then x gamma at the milestones (epochs or steps)."""
+"""Learning-rate schedule: linear warm-up, then x gamma at the milestones (epochs)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,10 @@ def test_epoch_milestones_and_warmup():
     assert lrs[30:] == pytest.approx([0.01] * 10)
 
 
-def test_step_milestones_cityscapes_style():
-    lrs = _lrs(30, milestones=[18], unit="step", steps_per_epoch=1000, warmup_steps=0)
+def test_fractional_epoch_milestones_cityscapes_style():
+    # 18 of 24 steps at 10 steps per epoch: epoch 1.8
+    lrs = _lrs(24, milestones=[1.8], steps_per_epoch=10, warmup_steps=0)
     assert lrs[17] == pytest.approx(1.0) and lrs[18] == pytest.approx(0.1)
-
-
-def test_bad_unit():
-    with pytest.raises(ValueError, match="optim.scheduler.unit"):
-        _lrs(1, milestones=[1], unit="iteration", steps_per_epoch=1)
 
 
 def test_linear_scaling_rule_keeps_the_images_per_warm_up():
@@ -53,4 +49,3 @@ def test_milestones_past_the_end_are_found():
     assert milestones_past_the_end([8, 11], 100, total_steps=200) == [8, 11]
     assert milestones_past_the_end([8, 11], 100, total_steps=1200) == []
     assert milestones_past_the_end([1.5, 2], 100, total_steps=200) == [2]
-    assert milestones_past_the_end([150, 250], 100, total_steps=200, unit="step") == [250]
