@@ -287,7 +287,7 @@ def load_module(
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {str(file)!r} does not exist")
-    saved = torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+    saved = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     hparams = saved.get("hyper_parameters")
     if not hparams or "class_names" not in hparams:
         raise ValueError(
@@ -307,6 +307,6 @@ def load_module(
             raise ValueError(f"mask_thresh given, but checkpoint {file} has no PointINS masks")
         overrides["mask"] = {**hparams["mask"], "mask_thresh": float(mask_thresh)}
     module = module_class(hparams).load_from_checkpoint(
-        file, map_location="cpu", weights_only=False, **overrides
+        file, map_location="cpu", weights_only=True, **overrides
     )
     return module.eval()

@@ -43,7 +43,7 @@ def read_position(path: str | Path, option: str) -> tuple[int, int]:
     """``(epoch, global step)`` stored in a Lightning checkpoint (memory-mapped: the
     tensors are not read)."""
     try:
-        saved: dict[str, Any] = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        saved: dict[str, Any] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:  # a truncated file, or not a checkpoint at all
         raise ValueError(
             f"{option}: cannot read the checkpoint {path} ({err}). Delete or move the file, "

@@ -129,7 +129,7 @@ def test_bad_inputs_are_named(trained, tmp_path):
 
 def test_a_checkpoint_without_preprocessing_asks_for_it(trained, tmp_path):
     ckpt, files = trained
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     del saved["hyper_parameters"]["preprocess"]
     old = tmp_path / "old.ckpt"
     torch.save(saved, old)

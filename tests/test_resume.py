@@ -63,7 +63,7 @@ def _stop_at(step: int) -> list[str]:
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_a_rerun_continues_mid_epoch_with_the_uninterrupted_batches(train_in, tmp_path, caplog):
@@ -77,7 +77,7 @@ def test_a_rerun_continues_mid_epoch_with_the_uninterrupted_batches(train_in, tm
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
         train_in(run, [*_record(tmp_path / "first"), *_stop_at(7)])
-    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (1, 6)
 
     with caplog.at_level("INFO", logger="pointins.resume"):
@@ -289,7 +289,7 @@ def test_show_it_a_killed_job_rerun_with_the_same_command_continues(tmp_path):
         time.sleep(0.5)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (0, 2)  # mid-epoch: 4 steps an epoch
 
     subprocess.run(command(run), cwd=ROOT, env=env, check=True, timeout=600)

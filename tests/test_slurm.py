@@ -231,7 +231,7 @@ def test_signal_saves_a_checkpoint_and_requeues_and_the_job_resumes(
     tiny_trainer(run_dir, max_steps=8).fit(TinyModule(signal_at=(3, REQUEUE_SIGNAL)))
 
     assert calls.read_text().split("\n") == ["requeue 4242", ""]
-    saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
+    saved = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)
     assert saved["global_step"] == 3  # the step the signal arrived in
     assert signal.getsignal(REQUEUE_SIGNAL) is signal.SIG_DFL  # Lightning's, removed after fit
 

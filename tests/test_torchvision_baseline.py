@@ -306,7 +306,7 @@ def test_each_baseline_trains_through_the_trainer_and_scores_with_the_evaluator(
     assert {k.split("/")[0] for k in saved if "/AP" in k} == set(types)
     assert "speed/images_per_second" in metrics
     assert len(lrs) == 2 and lrs[0] < lrs[1]  # the recipe's warm-up, stepped by Lightning
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     hparams = ckpt["hyper_parameters"]
     assert hparams["baseline"] == name and ckpt["global_step"] == 2
     assert module_class(hparams) is TorchvisionModule
@@ -315,7 +315,7 @@ def test_each_baseline_trains_through_the_trainer_and_scores_with_the_evaluator(
     model = TorchvisionModule.load_from_checkpoint(
         out / "checkpoints" / "last.ckpt",
         map_location="cpu",
-        weights_only=False,
+        weights_only=True,
         backbone=backbone,
     )
     datamodule = build_datamodule(cfg)

@@ -36,7 +36,7 @@ def run(compose_cfg, tmp_path):
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_run_directory_has_metrics_and_checkpoints(run):
@@ -161,7 +161,7 @@ def test_cpu_recipe_trains_on_any_coco_folder(compose_cfg, tmp_path):
         del cfg.hydra
     metrics = train_entry.train(cfg)
     assert "segm/AP" in metrics and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["hyper_parameters"]["category_ids"] == [c["id"] for c in CATEGORIES]
 
 
@@ -170,7 +170,7 @@ def test_learning_rate_follows_the_total_batch(run, caplog):
     a warning that the 2-epoch run never reaches the recipe's decays."""
     with caplog.at_level("INFO", logger="pointins.lit_module"):
         _, _, out = run("scaled", ["optim.reference_batch=8", "optim.scheduler.warmup_steps=3"])
-    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(2.5e-4)
     scheduler = saved["lr_schedulers"][0]
     assert scheduler["base_lrs"] == [pytest.approx(2.5e-4)]
@@ -184,7 +184,7 @@ def test_learning_rate_follows_the_total_batch(run, caplog):
 
 def test_auto_scale_lr_off_keeps_the_configured_rate(run):
     _, _, out = run("fixed", ["optim.reference_batch=8", "optim.auto_scale_lr=false"])
-    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-3)
 
 
