@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the basic sweeper's own expansion (not public API; hydra-core is pinned to 1.3.*), so the
+# table lists the jobs exactly as `-m` launched them
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
