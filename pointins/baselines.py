@@ -148,6 +148,13 @@ def _set_prior(cls_logits: nn.Conv2d, prior_prob: float) -> None:
     nn.init.constant_(cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
 
+def dense_inference_options(detector: Mapping) -> dict[str, Any]:
+    """The recipe's ``model.detector.postprocess`` options, as torchvision's FCOS and
+    RetinaNet name them."""
+    keys = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+    return {key: detector["postprocess"][key] for key in keys}
+
+
 def build_fcos(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) -> FCOS:
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in pyramid.strides),  # one point per location, size = stride
@@ -161,10 +168,7 @@ def build_fcos(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) ->
         num_classes,
         anchor_generator=anchors,
         head=head,
-        score_thresh=detector["postprocess"]["score_thresh"],
-        nms_thresh=detector["postprocess"]["nms_thresh"],
-        detections_per_img=detector["postprocess"]["detections_per_img"],
-        topk_candidates=detector["postprocess"]["topk_candidates"],
+        **dense_inference_options(detector),
     )
 
 
@@ -187,10 +191,7 @@ def build_retinanet(pyramid: PyramidBackbone, detector: Mapping, num_classes: in
         num_classes,
         anchor_generator=anchors,
         head=head,
-        score_thresh=detector["postprocess"]["score_thresh"],
-        nms_thresh=detector["postprocess"]["nms_thresh"],
-        detections_per_img=detector["postprocess"]["detections_per_img"],
-        topk_candidates=detector["postprocess"]["topk_candidates"],
+        **dense_inference_options(detector),
     )
 
 
