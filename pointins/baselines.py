@@ -24,7 +24,7 @@ model and changes only what the comparison needs to be equal):
 * FCOS: one anchor per location, sized to its stride; towers of the recipe's
   ``num_convs`` convs (torchvision's ``FCOSHead`` takes it), classification prior
   ``prior_prob``.
-* RetinaNet: 9 anchors 4·s·2^{0,1/3,2/3} × ratios (0.5, 1, 2) per level (SPEC §2); the
+* RetinaNet: 9 anchors 4·s·2^{0,1/3,2/3} × ratios (0.5, 1, 2) per level (paper §3.1); the
   towers, fixed at 4 convs in torchvision, are cut to ``num_convs`` (slicing their
   ``nn.Sequential``), with GroupNorm(32) when the recipe's ``group_norm`` is set
   (torchvision's ``retinanet_resnet50_fpn_v2`` head).

@@ -88,7 +88,7 @@ class PointINS(nn.Module):
         targets: list[dict[str, Tensor]],
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Weighted loss terms; their sum is the training loss (SPEC §5):
+        """Weighted loss terms; their sum is the training loss (paper §3.4):
         detector -> query sampler -> mask module -> mask loss."""
         det_losses, state = self.detector.forward_train(self.features(images), targets)
         losses = {k: self.det_weight * v for k, v in det_losses.items()}

@@ -1,4 +1,4 @@
-"""conf/ablation: each sweep's jobs are exactly the rows of its paper table (SPEC §8).
+"""conf/ablation: each sweep's jobs are exactly the rows of its paper table (T2–T11).
 
 The sweep is expanded the way Hydra's basic sweeper expands it (parse ``hydra.sweeper.params``,
 ``BasicSweeper.split_arguments``), every job is composed with its overrides, and the

@@ -30,7 +30,7 @@ def test_batched_dynamic_conv_equals_per_sample_conv(name: str, kernel: int) -> 
     assert fusion.weight_dim == E * B * kernel * kernel and fusion.out_channels == B
     templates, weights = inputs(fusion.weight_dim)
     out = fusion(templates, weights)
-    # SPEC §3: F^w reshaped to (B, E, √D, √D) is the conv weight of sample n
+    # paper §3.2: F^w reshaped to (B, E, √D, √D) is the conv weight of sample n
     expected = torch.cat(
         [
             F.conv2d(

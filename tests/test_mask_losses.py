@@ -1,4 +1,4 @@
-"""Edge-weighted mask loss (SPEC §5) and the optional Dice term."""
+"""Edge-weighted mask loss (paper §3.4) and the optional Dice term."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training-query sampling (SPEC §4) and mask targets."""
+"""Training-query sampling (paper §3.3) and mask targets."""
 
 from __future__ import annotations
 

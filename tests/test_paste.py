@@ -1,4 +1,4 @@
-"""Pasting box-relative masks into the image (SPEC §6)."""
+"""Pasting box-relative masks into the image (paper §4.1)."""
 
 from __future__ import annotations
 

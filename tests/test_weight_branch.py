@@ -1,4 +1,4 @@
-"""Iz (SPEC §3, T4, T5) against hand computations; weight generators (T6)."""
+"""Iz (paper §3.2, T4, T5) against hand computations; weight generators (T6)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ RETINA_IZ = [
     [0.125, 2.0, 8.0, 4.0, 1.0, -0.5, 1.5, 3.5, 3.0, 2.0],
     [0.0625, 0.5, 2.0, 4.0, 1.75, 0.25, 0.75, 4.25, 1.625, 2.125],
 ]
-# FCOS: the "anchor" is the stride x stride cell of the location (SPEC: Io = [1/s]).
+# FCOS: the "anchor" is the stride x stride cell of the location (Io = [1/s]).
 # stride 8, cell (16,8,24,16): x_o=20, y_o=12; target (0,0,40,30): x_q=20, y_q=15, u=30, v=40
 #    r_x = 0, r_y = 3/8 = 0.375, p_l = p_r = 2.5, p_t = 1.875 - 0.375 = 1.5, p_b = 2.25
 FCOS_ANCHORS = [[16.0, 8.0, 24.0, 16.0]]

@@ -9,7 +9,7 @@ once, with the ground truth padded to ``(B, G_max)`` by :func:`pad_targets`:
 ``N`` is the number of anchors of all levels concatenated (see ``anchors.py``).
 
 Every assigner also decides which anchors qualify for PointINS's mask sampling (the
-*anchor condition* of §3.3, SPEC §4): :meth:`mask_anchor_condition` returns ``(B, N)``
+*anchor condition* of the paper's §3.3): :meth:`mask_anchor_condition` returns ``(B, N)``
 long, the GT an anchor qualifies for, or ``-1``. It lives here because it is a
 statement about anchors and ground truth, made with the assigner's own rule.
 """
@@ -119,7 +119,7 @@ def anchor_condition_from_matches(matched_idxs: Tensor) -> Tensor:
 
 class PositivesQualify:
     """Mixin of the assigners whose own positives are the mask anchor condition (FCOS: a
-    location has no anchor box, SPEC §4; ATSS: its adaptive threshold already is an IoU
+    location has no anchor box, paper §3.3; ATSS: its adaptive threshold already is an IoU
     condition), so ``t_a`` does not apply."""
 
     def mask_anchor_condition(
@@ -201,7 +201,7 @@ class IoUAssigner:
         )
 
 
-#: FCOS's per-level ranges of max(l, t, r, b) for P3..P7 (SPEC §2)
+#: FCOS's per-level ranges of max(l, t, r, b) for P3..P7 (paper §3.1)
 FCOS_SIZE_RANGES = ((0, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
 
 

@@ -8,7 +8,7 @@ Every fusion is a small parameter-free module with the same interface::
 the mask head takes. All samples are processed in one call (no loop over samples),
 and ``N = 0`` returns an empty tensor that is still part of the autograd graph.
 
-* ``conv1x1`` (default, D = 1): F^w viewed as ``(N, B, E)`` (SPEC: ``(B, E, √D, √D)``)
+* ``conv1x1`` (default, D = 1): F^w viewed as ``(N, B, E)`` (the paper's ``(B, E, √D, √D)``)
   and applied as one batched matrix product ``(N, B, E) @ (N, E, K*K)``.
 * ``conv3x3`` (D = 9): F^w viewed as ``(N*B, E, 3, 3)`` and applied as one grouped
   conv (``groups = N``, zero padding 1), as AdelaiDet CondInst runs its dynamic convs.

@@ -1,4 +1,4 @@
-"""Mask loss (SPEC §5, paper §3.4 Eq. 9): per-pixel BCE with the target's edges weighted 4,
+"""Mask loss (paper §3.4, Eq. 9): per-pixel BCE with the target's edges weighted 4,
 optionally plus a Dice term (CondInst's mask loss), which weighs every instance alike
 whatever its area, where per-pixel BCE favours the pixels of large masks."""
 

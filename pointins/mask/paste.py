@@ -1,4 +1,4 @@
-"""Paste ``S x S`` box-relative mask probabilities into full images (SPEC §6).
+"""Paste ``S x S`` box-relative mask probabilities into full images (paper §4.1).
 
 Detectron2's ``_do_paste_mask`` idea: for every image pixel ``(i, j)`` (centre
 ``(j + 0.5, i + 0.5)``) and every instance with box ``(x1, y1, x2, y2)``, the pixel's

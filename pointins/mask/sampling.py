@@ -1,4 +1,4 @@
-"""Training queries for the mask module (SPEC §4, paper §3.3, T8–T10) and their mask targets.
+"""Training queries for the mask module (paper §3.3, T8–T10) and their mask targets.
 
 A *candidate* is a triple (point, anchor, target box): an anchor of a location that
 satisfies the detector's *anchor condition* for some ground-truth (GT) box, and a
@@ -217,7 +217,7 @@ def sample_queries(
     num_samples: int | None = 128,
     generator: torch.Generator | None = None,
 ) -> tuple[InstanceQueries, SamplingInfo]:
-    """Sample the training queries of a batch (SPEC §4).
+    """Sample the training queries of a batch (paper §3.3).
 
     Args:
         anchors: ``(N, 4)`` anchors of all levels concatenated (FCOS: stride cells).

@@ -1,6 +1,6 @@
 """Weight branch F^w (§3.2.2): instance-aware dynamic-conv weights from Iz.
 
-``Iz = [Io, Iq]`` describes the query geometrically (SPEC §3, paper Eq. 3–5)::
+``Iz = [Io, Iq]`` describes the query geometrically (paper §3.2, Eq. 3–5)::
 
     Io = [1/s, u_o/v_o, u_o/s, v_o/s]            anchor stride, aspect (h/w), height/s, width/s
     Iq = [r_x, r_y, p_l, p_r, p_t, p_b]
@@ -11,7 +11,7 @@
 anchor shape (FCOS) ``Io = [1/s]`` and ``(x_o, y_o)`` is the location, i.e. the
 centre of ``queries.anchors`` (the stride x stride cell), so ``U = 7``.
 
-Ablations (SPEC §8):
+Ablations (the paper's T4–T6):
 
 * T4 ``parts``: any subset of ``io`` (Io), ``offset`` (r_x, r_y) and ``boundary``
   (p_l, p_r, p_t, p_b); columns always come in that canonical order. The empty set
@@ -24,7 +24,7 @@ Ablations (SPEC §8):
   ``tanh`` (applied element-wise to the whole Iz, feature Iz included).
 
 Box geometry never receives gradients through Iz: anchors and target boxes are
-detached (the regressed target box must not be trained by the mask loss, SPEC §4).
+detached (the regressed target box must not be trained by the mask loss, paper §3.3).
 """
 
 from __future__ import annotations
