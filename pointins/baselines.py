@@ -74,7 +74,6 @@ MASK_THRESHOLD = 0.5
 MASKRCNN_NMS = 0.5  # torchvision's box_nms_thresh
 
 
-# ----------------------------------------------------------------- recipe options
 # ---------------------------------------------------------------------------- model
 class PyramidBackbone(nn.Module):
     """Our ``TimmBackbone`` → ``FPN`` as torchvision's detectors want a backbone:
