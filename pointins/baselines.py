@@ -30,9 +30,10 @@ model and changes only what the comparison needs to be equal):
   (torchvision's ``retinanet_resnet50_fpn_v2`` head).
 * Mask R-CNN on P3–P7 instead of its usual P2–P6: RPN anchors 4·s (32..512) × (0.5,1,2)
   on all five levels; RoIAlign (box 7×7, mask 14×14) over P3–P6 with torchvision's
-  level mapper (level 4 at 224 px), so objects under 112 px pool from P3. The box head's
-  ``representation_size`` (1024 in torchvision) and the mask head's four conv widths
-  and deconv width (256) are the FPN width; everything else is torchvision's default.
+  level mapper (level 4 at 224 px), so objects under 112 px pool from P3. The box head
+  keeps torchvision's ``representation_size`` (1024); the mask head's four conv widths and
+  deconv width (256 in torchvision, its FPN width) are the FPN width; everything else is
+  torchvision's default.
   It reserves label 0 for background: ``num_classes = C + 1``, target labels + 1 and
   predicted labels - 1. FCOS and RetinaNet do not (``num_classes = C``).
 * Inference: the recipe's ``score_thresh``, ``detections_per_img`` and (FCOS, RetinaNet)
@@ -72,6 +73,7 @@ RESERVES_BACKGROUND = {"fcos": False, "retinanet": False, "maskrcnn": True}
 SIZE_DIVISIBLE = 32
 MASK_THRESHOLD = 0.5
 MASKRCNN_NMS = 0.5  # torchvision's box_nms_thresh
+MASKRCNN_BOX_HEAD_DIM = 1024  # torchvision's TwoMLPHead representation_size
 
 
 # ---------------------------------------------------------------------------- model
@@ -209,8 +211,8 @@ def build_maskrcnn(pyramid: PyramidBackbone, detector: Mapping, num_classes: int
         None,  # given by the predictors (torchvision insists)
         rpn_anchor_generator=anchors,
         box_roi_pool=box_pool,
-        box_head=TwoMLPHead(width * 7 * 7, width),
-        box_predictor=FastRCNNPredictor(width, num_classes + 1),
+        box_head=TwoMLPHead(width * 7 * 7, MASKRCNN_BOX_HEAD_DIM),
+        box_predictor=FastRCNNPredictor(MASKRCNN_BOX_HEAD_DIM, num_classes + 1),
         box_score_thresh=detector["postprocess"]["score_thresh"],
         box_nms_thresh=MASKRCNN_NMS,
         box_detections_per_img=detector["postprocess"]["detections_per_img"],

@@ -187,7 +187,8 @@ def test_models_follow_the_recipe(compose_cfg: Callable, data_dir: Path) -> None
     assert retina.anchor_generator.sizes[0] == pytest.approx(octave)
     mask_rcnn = build("maskrcnn")
     assert mask_rcnn.roi_heads.box_predictor.cls_score.out_features == 9  # + background
-    assert mask_rcnn.roi_heads.box_head.fc7.out_features == width
+    assert mask_rcnn.roi_heads.box_head.fc7.out_features == 1024  # torchvision's
+    assert mask_rcnn.roi_heads.mask_head[0][0].out_channels == width
     assert mask_rcnn.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 9
     assert mask_rcnn.roi_heads.box_roi_pool.featmap_names == ["p3", "p4", "p5", "p6"]
     assert mask_rcnn.roi_heads.score_thresh == post.score_thresh
