@@ -22,7 +22,7 @@ def warmup_multistep(
     64.5), so they mark the same point of the data whatever the batch
     (``optim.auto_scale_lr``).
     """
-    steps = sorted(int(m * steps_per_epoch) for m in milestones)
+    steps = sorted(milestone_steps(milestones, steps_per_epoch))
 
     def factor(step: int) -> float:
         decay = gamma ** sum(step >= m for m in steps)
@@ -55,4 +55,10 @@ def milestones_past_the_end(
 ) -> list[float]:
     """The milestones a schedule of ``total_steps`` never reaches (its rate never decays
     there: e.g. the 1x recipe's epochs 8 and 11 with ``trainer.max_epochs=2``)."""
-    return [m for m in milestones if int(m * steps_per_epoch) >= total_steps]
+    steps = milestone_steps(milestones, steps_per_epoch)
+    return [m for m, step in zip(milestones, steps, strict=True) if step >= total_steps]
+
+
+def milestone_steps(milestones: Sequence[float], steps_per_epoch: int) -> list[int]:
+    """The optimiser step at which each milestone (in epochs) takes effect."""
+    return [int(m * steps_per_epoch) for m in milestones]
