@@ -98,6 +98,35 @@ def test_sweeps_run_on_the_papers_baseline(compose_cfg, table):
     assert cfg.optim.optimizer.lr == 5e-5 and cfg.optim.reference_batch == 16
 
 
+# the options beyond the paper and λ_mask, at the values of conf/mask/pointins.yaml
+PAPER_MODULE = ("template_from", "template_max_level", "output_scale", "dice_weight",
+                "maskness", "loss_weight")  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", [None, "shapes"])
+@pytest.mark.parametrize("table", [t for t in TABLES if t != "T11"])  # T11 evaluates a checkpoint
+def test_every_row_runs_the_papers_mask_module(compose_cfg, table, experiment):
+    """Each job of T2–T10 builds point templates at λ_mask = 2 with every option beyond the
+    paper off, on COCO and on experiment=shapes (whose own default is box templates at
+    λ_mask = 1), and keeps the experiment's sizes (K, B) where the table does not vary them."""
+    paper = compose_cfg(["mask=pointins"]).model.mask
+    sized = compose_cfg(["experiment=shapes"] if experiment else []).model.mask
+    base = [f"ablation={TABLES[table][0]}", *([f"experiment={experiment}"] if experiment else [])]
+    for job in sweep_jobs(compose_cfg(base)):
+        cfg = compose_cfg([*base, *job])
+        mask = cfg.model.mask
+        assert {k: mask[k] for k in PAPER_MODULE} == {k: paper[k] for k in PAPER_MODULE}, job
+        assert mask.template_from == "point" and mask.loss_weight == 2.0
+        if not any(o.startswith(("model.mask.K=", "row=")) for o in job):
+            assert (mask.K, mask.mask_dim) == (sized.K, sized.mask_dim), job
+        if experiment is None:
+            continue  # the COCO set-up's R-50 needs ImageNet weights to build
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        net = build_model(model["backbone"], model["neck"], model["detector"], model["mask"], 8)
+        assert type(net.mask.template_branch).__name__ == "TemplateBranch"
+        assert (net.mask_weight, net.maskness, net.dice_weight) == (2.0, False, 0.0)
+
+
 def test_task_name_names_the_table(compose_cfg):
     for name, _ in TABLES.values():
         assert compose_cfg([f"ablation={name}"]).task_name == f"ablation_{name}"
