@@ -19,8 +19,11 @@ model and changes only what the comparison needs to be equal):
   :func:`rescale_predictions` maps them to the original image, as torchvision's own
   ``postprocess`` does: boxes scaled, Mask R-CNN's 28×28 masks pasted at the original
   resolution with torchvision's ``paste_masks_in_image`` and thresholded at 0.5.
-* Backbone: our ``TimmBackbone`` + ``FPN`` (P3–P7, strides 8..128) from ``model.backbone``
-  and ``model.neck``; P6's input is the selected detector's (``model.detector``).
+* Backbone body: our ``TimmBackbone`` from ``model.backbone``, FPN ``model.neck.out_channels``
+  wide (the recipe's width; torchvision's is 256).
+* FCOS and RetinaNet: the recipe's ``FPN`` (torchvision's ``FeaturePyramidNetwork`` with
+  ``LastLevelP6P7``: P3–P7, strides 8..128), P6 from the input the detector's recipe takes
+  (FCOS: P5, as ``fcos_resnet50_fpn``; RetinaNet: C5, as ``retinanet_resnet50_fpn_v2``).
 * FCOS: one anchor per location, sized to its stride; towers of the recipe's
   ``num_convs`` convs (torchvision's ``FCOSHead`` takes it), classification prior
   ``prior_prob``.
@@ -28,12 +31,13 @@ model and changes only what the comparison needs to be equal):
   towers, fixed at 4 convs in torchvision, are cut to ``num_convs`` (slicing their
   ``nn.Sequential``), with GroupNorm(32) when the recipe's ``group_norm`` is set
   (torchvision's ``retinanet_resnet50_fpn_v2`` head).
-* Mask R-CNN on P3–P7 instead of its usual P2–P6: RPN anchors 4·s (32..512) × (0.5,1,2)
-  on all five levels; RoIAlign (box 7×7, mask 14×14) over P3–P6 with torchvision's
-  level mapper (level 4 at 224 px), so objects under 112 px pool from P3. The box head
-  keeps torchvision's ``representation_size`` (1024); the mask head's four conv widths and
-  deconv width (256 in torchvision, its FPN width) are the FPN width; everything else is
-  torchvision's default.
+* Mask R-CNN: torchvision's ``maskrcnn_resnet50_fpn`` layout on the body's C2–C5:
+  ``FeaturePyramidNetwork`` P2–P5 with ``LastLevelMaxPool`` (P6 = max-pooled P5, for the
+  RPN only), RPN anchors 32..512 × (0.5, 1, 2) on P2–P6, RoIAlign (box 7×7, mask 14×14,
+  sampling ratio 2) over P2–P5 with torchvision's level mapper (canonical level 4 at
+  224 px), the box head ``TwoMLPHead(F·7·7, 1024)``; each of these is torchvision's default,
+  built by ``MaskRCNN`` itself. The mask head's four convs and its deconv are the FPN width
+  (torchvision's 256 is its FPN width).
   It reserves label 0 for background: ``num_classes = C + 1``, target labels + 1 and
   predicted labels - 1. FCOS and RetinaNet do not (``num_classes = C``).
 * Inference: the recipe's ``score_thresh``, ``detections_per_img`` and (FCOS, RetinaNet)
@@ -53,13 +57,14 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from pointins.checkpoints import init_from_checkpoint
 from pointins.lit_module import DetectionModule, plain
@@ -73,7 +78,8 @@ RESERVES_BACKGROUND = {"fcos": False, "retinanet": False, "maskrcnn": True}
 SIZE_DIVISIBLE = 32
 MASK_THRESHOLD = 0.5
 MASKRCNN_NMS = 0.5  # torchvision's box_nms_thresh
-MASKRCNN_BOX_HEAD_DIM = 1024  # torchvision's TwoMLPHead representation_size
+MASKRCNN_BOX_HEAD_DIM = 1024  # the representation_size of torchvision's default TwoMLPHead
+RCNN_OUT_INDICES = (1, 2, 3, 4)  # timm feature indices of C2..C5 (ResNet / ResNeXt)
 
 
 # ---------------------------------------------------------------------------- model
@@ -144,6 +150,38 @@ def build_pyramid(backbone: Mapping, neck: Mapping, detector: Mapping) -> Pyrami
     return PyramidBackbone(body, fpn)
 
 
+class RCNNPyramid(nn.Module):
+    """torchvision's ``BackboneWithFPN`` on our ``TimmBackbone``: C2–C5 → P2–P5 and the
+    max-pooled P6, named as torchvision's two-stage detectors read them."""
+
+    def __init__(self, body: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(
+            list(body.out_channels), out_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        """(B, 3, H, W) -> {'0': P2 (B, F, H/4, W/4), ..., '3': P5 (.., H/32, ..),
+        'pool': P6 (.., H/64, ..)}."""
+        features = self.body(images)  # [C2, C3, C4, C5]
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+
+
+def build_rcnn_pyramid(backbone: Mapping, neck: Mapping) -> RCNNPyramid:
+    """The recipe's backbone body read at C2–C5 (strides 4..32) and an FPN as wide as the
+    recipe's."""
+    body = instantiate(backbone, out_indices=RCNN_OUT_INDICES)
+    if list(body.strides) != [4, 8, 16, 32]:
+        raise ValueError(
+            f"baseline=maskrcnn needs C2–C5 at strides 4, 8, 16, 32; model.backbone "
+            f"{backbone.get('name')!r} gives strides {body.strides} at timm out_indices "
+            f"{list(RCNN_OUT_INDICES)}"
+        )
+    return RCNNPyramid(body, int(neck["out_channels"]))
+
+
 def _set_prior(cls_logits: nn.Conv2d, prior_prob: float) -> None:
     """Classification bias so that every class starts at probability ``prior_prob``."""
     nn.init.constant_(cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
@@ -196,33 +234,28 @@ def build_retinanet(pyramid: PyramidBackbone, detector: Mapping, num_classes: in
     )
 
 
-def build_maskrcnn(pyramid: PyramidBackbone, detector: Mapping, num_classes: int) -> MaskRCNN:
-    """``num_classes`` foreground classes; the model itself has ``num_classes + 1``."""
-    width = pyramid.out_channels
-    anchors = AnchorGenerator(
-        sizes=tuple((4 * s,) for s in pyramid.strides),  # 32..512 on P3..P7
-        aspect_ratios=((0.5, 1.0, 2.0),) * len(pyramid.strides),
-    )
-    roi_levels = pyramid.names[:4]  # P3..P6
-    box_pool = MultiScaleRoIAlign(roi_levels, output_size=7, sampling_ratio=2)
-    mask_pool = MultiScaleRoIAlign(roi_levels, output_size=14, sampling_ratio=2)
+def build_maskrcnn(rcnn: RCNNPyramid, detector: Mapping, num_classes: int) -> MaskRCNN:
+    """``num_classes`` foreground classes; the model itself has ``num_classes + 1``.
+
+    The RPN's anchor generator, both RoI poolers and the box head are left to ``MaskRCNN``,
+    which builds torchvision's defaults for a ``{'0': P2, ..., '3': P5, 'pool': P6}``
+    backbone; the mask head is sized to the FPN width. torchvision takes ``num_classes``
+    only when it builds every predictor, so both predictors are given here, as it builds them.
+    """
+    width = rcnn.out_channels
     return MaskRCNN(
-        pyramid,
-        None,  # given by the predictors (torchvision insists)
-        rpn_anchor_generator=anchors,
-        box_roi_pool=box_pool,
-        box_head=TwoMLPHead(width * 7 * 7, MASKRCNN_BOX_HEAD_DIM),
+        rcnn,
+        None,  # given by the predictors
         box_predictor=FastRCNNPredictor(MASKRCNN_BOX_HEAD_DIM, num_classes + 1),
         box_score_thresh=detector["postprocess"]["score_thresh"],
         box_nms_thresh=MASKRCNN_NMS,
         box_detections_per_img=detector["postprocess"]["detections_per_img"],
-        mask_roi_pool=mask_pool,
         mask_head=MaskRCNNHeads(width, (width,) * 4, dilation=1),
         mask_predictor=MaskRCNNPredictor(width, width, num_classes + 1),
     )
 
 
-_BUILDERS = {"fcos": build_fcos, "retinanet": build_retinanet, "maskrcnn": build_maskrcnn}
+_DENSE_BUILDERS = {"fcos": build_fcos, "retinanet": build_retinanet}
 
 
 def build_torchvision(
@@ -230,9 +263,13 @@ def build_torchvision(
 ) -> nn.Module:
     """torchvision's ``name`` detector for ``num_classes`` dataset classes, on the recipe's
     backbone and FPN, with the resizing transform replaced by :class:`IdentityTransform`."""
-    if name not in _BUILDERS:
+    if name not in BASELINES:
         raise ValueError(f"baseline={name!r}: choose one of {', '.join(BASELINES)}")
-    model = _BUILDERS[name](build_pyramid(backbone, neck, detector), detector, num_classes)
+    if name == "maskrcnn":
+        model = build_maskrcnn(build_rcnn_pyramid(backbone, neck), detector, num_classes)
+    else:
+        pyramid = build_pyramid(backbone, neck, detector)
+        model = _DENSE_BUILDERS[name](pyramid, detector, num_classes)
     model.transform = IdentityTransform()
     return model
 

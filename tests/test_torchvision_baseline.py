@@ -188,13 +188,49 @@ def test_models_follow_the_recipe(compose_cfg: Callable, data_dir: Path) -> None
     mask_rcnn = build("maskrcnn")
     assert mask_rcnn.roi_heads.box_predictor.cls_score.out_features == 9  # + background
     assert mask_rcnn.roi_heads.box_head.fc7.out_features == 1024  # torchvision's
+    assert mask_rcnn.roi_heads.box_head.fc6.in_features == width * 7 * 7
     assert mask_rcnn.roi_heads.mask_head[0][0].out_channels == width
     assert mask_rcnn.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 9
-    assert mask_rcnn.roi_heads.box_roi_pool.featmap_names == ["p3", "p4", "p5", "p6"]
     assert mask_rcnn.roi_heads.score_thresh == post.score_thresh
     assert type(mask_rcnn.backbone.body) is type(instantiate(cfg.model.backbone))
     with pytest.raises(ValueError, match="baseline='yolo'"):
         build("yolo")
+
+
+def test_maskrcnn_reads_the_levels_torchvision_reads(compose_cfg: Callable, data_dir: Path) -> None:
+    """torchvision's Mask R-CNN layout: RPN anchors 32..512 on P2..P6 (one size per level),
+    boxes and masks RoI-aligned over P2..P5 with the level mapper's k0 = 4 at 224 px."""
+    parts = model_parts(tiny_cfg(compose_cfg, data_dir))
+    net = build_torchvision("maskrcnn", parts["backbone"], parts["neck"], parts["detector"], 8)
+    features = net.backbone(torch.zeros(1, 3, 128, 192))
+    assert list(features) == ["0", "1", "2", "3", "pool"]
+    strides = [128 // f.shape[-2] for f in features.values()]
+    assert strides == [4, 8, 16, 32, 64]  # P2..P6
+    assert net.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    assert net.rpn.anchor_generator.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
+    for pool, size in ((net.roi_heads.box_roi_pool, 7), (net.roi_heads.mask_roi_pool, 14)):
+        assert pool.featmap_names == ["0", "1", "2", "3"]  # P2..P5, not the RPN's P6
+        assert pool.output_size == (size, size) and pool.sampling_ratio == 2
+    # the level mapper, set up on the first call: scales of P2..P5, k0 = 4 at 224 px
+    net.eval()
+    with torch.no_grad():
+        net([torch.zeros(3, 128, 192)])
+    pool = net.roi_heads.box_roi_pool
+    assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    mapper = pool.map_levels
+    assert (mapper.k_min, mapper.k_max, mapper.lvl0, mapper.s0) == (2, 5, 4, 224)
+    boxes = torch.tensor([[0.0, 0, 56, 56], [0, 0, 112, 112], [0, 0, 224, 224], [0, 0, 900, 900]])
+    assert mapper([boxes]).tolist() == [0, 1, 2, 3]  # P2, P3, P4, P5
+
+
+def test_dense_baselines_read_p3_to_p7(compose_cfg: Callable, data_dir: Path) -> None:
+    """torchvision's FCOS and RetinaNet on the recipe's P3..P7 (strides 8..128)."""
+    parts = model_parts(tiny_cfg(compose_cfg, data_dir))
+    for name in ("fcos", "retinanet"):
+        net = build_torchvision(name, parts["backbone"], parts["neck"], parts["detector"], 8)
+        features = net.backbone(torch.zeros(1, 3, 256, 256))
+        assert [256 // f.shape[-1] for f in features.values()] == [8, 16, 32, 64, 128]
+        assert len(net.anchor_generator.sizes) == 5
 
 
 @pytest.mark.parametrize("name", BASELINES)
