@@ -10,18 +10,41 @@ memory. Only the kinds of measurement that ran are reported.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.cases import DETECTORS, MASKRCNN, POINTINS
 
+_ISA = (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"),
+        ("avx2", "AVX2"))  # fmt: skip
+
+
+def cpu_name() -> str:
+    """The CPU as a reader compares machines: model, cores and the ISA that decides bf16
+    speed, e.g. ``AMD EPYC, 2 cores, AVX512-BF16`` or ``Intel Xeon ..., 2 cores, AMX``."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine()):
+                model = " ".join(value.split())
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    isa = next(
+        (name for flag, name in _ISA if flag in flags), None
+    )  # the widest matrix/vector unit
+    return ", ".join(filter(None, (model, f"{os.cpu_count()} cores", isa)))
+
 
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def roi_counts(res: dict[str, Any]) -> str:
