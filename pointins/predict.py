@@ -8,10 +8,10 @@ Written into the run directory:
 
 * ``predictions/<image stem>.png``: the image with masks, boxes, class names and scores
   of the detections scoring at least ``predict.draw_score_thresh`` (display only);
-* ``predictions.json``: every detection (score ≥ the detector's ``score_thresh``) in the
-  COCO results format (``image_id``, ``category_id``, ``bbox`` xywh, ``score``,
-  ``segmentation`` RLE) plus ``file_name``; ``image_id`` is the image's position in the
-  sorted listing.
+* ``predictions.json``: every detection the detector keeps (classification score above
+  its ``score_thresh``; see :mod:`pointins.detectors.postprocess`) in the COCO results
+  format (``image_id``, ``category_id``, ``bbox`` xywh, ``score``, ``segmentation`` RLE)
+  plus ``file_name``; ``image_id`` is the image's position in the sorted listing.
 
 Unreadable files are logged by name and skipped; the summary counts them.
 """

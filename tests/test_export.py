@@ -58,13 +58,19 @@ def test_the_graph_returns_each_images_own_number_of_detections(
     tiny_checkpoint, tmp_path, overrides
 ):
     """Traced on one image, the graph serves images with more and fewer detections (a score
-    threshold near the traced image's median score makes the counts differ)."""
+    threshold near the median of the traced image's best classification scores makes the
+    counts differ; FCOS thresholds sigmoid(cls), not the reported sqrt(cls * ctr))."""
     ckpt, data = tiny_checkpoint("fcos", *overrides)
     files = sorted((data / "shapes" / "images" / "train").iterdir())
     predictor = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=1)
-    scores = predictor(files[0]).scores  # (n,) decreasing
-    half = len(scores) // 2  # a threshold midway between two scores, not at one
-    predictor.model.detector.postprocess.score_thresh = float(scores[half - 1 : half + 1].mean())
+    num = len(predictor(files[0]))  # at the checkpoint's threshold 0
+    model = predictor.model
+    batch, _ = predictor.preprocess.batch([load_image(files[0])])  # (1, 3, H, W)
+    with torch.no_grad():
+        cls_logits = model.detector(model.features(batch)).cls_logits  # [(1, HWA, C)]
+    cls = torch.cat([c.flatten() for c in cls_logits]).sigmoid().topk(num).values  # (n,)
+    half = num // 2  # a threshold midway between two scores, not at one
+    model.detector.postprocess.score_thresh = float(cls[half - 1 : half + 1].mean())
     out = export_onnx(
         predictor.model,
         predictor.preprocess,

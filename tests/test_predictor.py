@@ -97,7 +97,9 @@ def test_replacements_apply_and_are_logged(trained, caplog):
     assert predictor.model.detector.postprocess.score_thresh == 0.5
     low = Predictor.from_checkpoint(ckpt, device="cpu", score_thresh=0.0)(files[0])
     high = predictor(files[0])
-    assert len(high) < len(low) and bool((high.scores > 0.5).all())
+    # no bound on high.scores: the threshold is on the classification score, and FCOS
+    # reports sqrt(cls * ctr), which may be lower
+    assert len(high) < len(low)
     strict = Predictor.from_checkpoint(ckpt, device="cpu", score_thresh=0.0, mask_thresh=0.9)
     loose = Predictor.from_checkpoint(ckpt, device="cpu", score_thresh=0.0, mask_thresh=0.1)
     assert strict(files[0]).masks.sum() < loose(files[0]).masks.sum()

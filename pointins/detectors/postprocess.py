@@ -8,6 +8,16 @@ outside the image; torchvision keeps them), class-wise NMS with one ``batched_nm
 Only the final step splits the batch into per-image :class:`Detections`, each of which
 remembers its level, location ``(row, col)``, anchor index and anchor box so the mask
 module can compute its mask.
+
+Scores. RetinaNet (no centre-ness): ``sigmoid(cls)``, thresholded, ranked and reported.
+With centre-ness (FCOS, ATSS), as the official FCOS and ATSS code (``FCOSPostProcessor``,
+``ATSSPostProcessor``) and AdelaiDet's ``FCOSOutputs.predict_proposals`` do: the candidates
+are the pairs whose classification score ``sigmoid(cls)`` alone is above ``score_thresh``;
+they are ranked (top-k and NMS) by ``sigmoid(cls) * sigmoid(ctr)`` and reported with
+``sqrt(sigmoid(cls) * sigmoid(ctr))``, so a reported score may lie below ``score_thresh``.
+torchvision's ``FCOS.postprocess_detections`` thresholds the square-rooted product
+instead; following the official code rather than torchvision's is a deliberate difference
+(the ``baseline=fcos`` comparison keeps torchvision's own).
 """
 
 from __future__ import annotations
@@ -23,14 +33,22 @@ from pointins.structures import DenseOutputs, Detections
 from pointins.sync_free import count_per_index
 
 
-def _level_scores(cls_logits: Tensor, centerness: Tensor | None) -> Tensor:
-    """``(B, HWA, C)`` detection scores of one level: ``sigmoid(cls)``, or with
-    centre-ness ``(B, HWA)`` logits (FCOS, ATSS) ``sqrt(sigmoid(cls) * sigmoid(ctr))``,
-    each anchor's centre-ness scaling its own class scores."""
+def _level_scores(cls_logits: Tensor, centerness: Tensor | None, score_thresh: float) -> Tensor:
+    """``(B, HWA, C)`` ranking scores of one level, highest first into the top-k.
+
+    Without centre-ness (RetinaNet): ``sigmoid(cls)``; the threshold applies after the
+    top-k (:func:`postprocess_detections`), which selects the same candidates.
+    With centre-ness ``(B, HWA)`` logits (FCOS, ATSS), the official FCOS/ATSS convention:
+    ``sigmoid(cls) * sigmoid(ctr)``, each anchor's centre-ness scaling its own class scores,
+    for the pairs whose ``sigmoid(cls)`` is above ``score_thresh`` and ``-1`` for the others,
+    below every candidate's product (``>= 0``), so the top-k takes them last and they are
+    dropped after it. The reported score is the square root of the product.
+    """
     scores = cls_logits.sigmoid()  # (B, HWA, C)
     if centerness is None:
         return scores
-    return torch.sqrt(scores * centerness.sigmoid()[..., None])  # (B, HWA, C)
+    product = scores * centerness.sigmoid()[..., None]  # (B, HWA, C)
+    return product.masked_fill(scores <= score_thresh, -1.0)  # (B, HWA, C)
 
 
 def _topk_size(scores: Tensor, topk: int) -> int | Tensor:
@@ -81,8 +99,11 @@ def postprocess_detections(
         num_anchors: ``A``.
         box_coder: decodes ``box_regression`` against ``anchors``.
         image_sizes: per image ``(h, w)`` of the un-padded image boxes are clipped to.
-        score_thresh: keep candidates with score strictly above it.
-        topk_candidates: at most this many candidates per level and image before NMS.
+        score_thresh: keep candidates whose classification score ``sigmoid(cls)`` is
+            strictly above it (with centre-ness, the reported score may be lower).
+        topk_candidates: at most this many candidates per level and image before NMS,
+            the best by ``sigmoid(cls)``, or with centre-ness by ``sigmoid(cls) *
+            sigmoid(ctr)``.
         nms_thresh: IoU threshold of the class-wise NMS.
         detections_per_img: keep the best this many per image after NMS.
 
@@ -94,11 +115,17 @@ def postprocess_detections(
     fields: dict[str, list[Tensor]] = {
         k: [] for k in ("scores", "labels", "boxes", "anchors", "level", "yx", "anchor_idx")
     }
+    candidates: list[Tensor] = []  # per level (B, k): above the threshold
     for level, (_, width) in enumerate(feature_sizes):
         ctr = None if centerness is None else centerness[level]
-        scores = _level_scores(cls_logits[level], ctr)  # (B, HWA, C)
+        scores = _level_scores(cls_logits[level], ctr, score_thresh)  # (B, HWA, C)
         scores = scores.reshape(batch, -1)  # (B, HWA * C), class fastest
         top_scores, top_idx = scores.topk(_topk_size(scores, topk_candidates), dim=1)  # (B, k)
+        if centerness is None:
+            candidates.append(top_scores > score_thresh)
+        else:  # ranked by the product, -1 below the threshold; reported as its root
+            candidates.append(top_scores >= 0)
+            top_scores = top_scores.clamp(min=0).sqrt()
         k = top_idx.shape[1]
         anchor_in_level = top_idx // num_classes  # (B, k) flat index (y * W + x) * A + a
         location = anchor_in_level // num_anchors  # (B, k) y * W + x
@@ -116,13 +143,14 @@ def postprocess_detections(
         fields["anchor_idx"].append(anchor_in_level % num_anchors)
 
     cat = {name: torch.cat(values, dim=1) for name, values in fields.items()}  # (B, K, ...)
+    candidate = torch.cat(candidates, dim=1)  # (B, K)
     cat["boxes"] = _clip_batched(cat["boxes"], image_sizes)
     num_cand = cat["scores"].shape[1]
     cat["image"] = torch.arange(batch, device=device)[:, None].expand(batch, num_cand)  # (B, K)
 
     boxes = cat["boxes"]
     non_empty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # (B, K)
-    keep = (cat["scores"] > score_thresh) & non_empty  # (B, K)
+    keep = candidate & non_empty  # (B, K)
     keep_idx = torch.nonzero(keep.flatten()).squeeze(1)  # (M,), the one unavoidable sync
     flat = {
         name: value.flatten(0, 1)[keep_idx]  # (B, K, ...) -> (B * K, ...) -> (M, ...)
