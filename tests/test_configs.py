@@ -55,12 +55,13 @@ def test_6x_follows_tensormask_schedule(compose_cfg):
     assert list(cfg.data.train_scales) == list(range(640, 801, 32))
 
 
-def test_x101_dcn_is_x101_with_deformable_res3_to_res5(compose_cfg):
+def test_x101_dcn_is_x101_with_modulated_deformable_res3_to_res5(compose_cfg):
     x101 = compose_cfg(["backbone=x101"]).model.backbone
     dcn = compose_cfg(["backbone=x101_dcn"]).model.backbone
     assert list(dcn.deformable_layers) == ["layer2", "layer3", "layer4"]
-    assert not x101.deformable_layers
-    assert {**dcn, "deformable_layers": []} == {**x101}
+    assert dcn.deform_modulated  # DCNv2, as the FCOS-family X-101 DCN recipes
+    assert not x101.deformable_layers and not x101.deform_modulated
+    assert {**dcn, "deformable_layers": [], "deform_modulated": False} == {**x101}
 
 
 def test_cityscapes_recipe_is_the_papers_in_epochs(compose_cfg):

@@ -55,6 +55,9 @@ class TimmBackbone(nn.Module):
         deformable_layers: timm stages whose 3×3 convs become deformable (DCN, offsets
             initialised to zero), e.g. ``[layer2, layer3, layer4]`` (res3–res5); replaced
             after the weights load, so ImageNet files load unchanged.
+        deform_modulated: those convs are modulated (DCNv2, detectron2's
+            ``DEFORM_MODULATED``; mask ``2·sigmoid``, 1 at initialisation), else DCNv1
+            (see :mod:`pointins.backbones.deformable`).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class TimmBackbone(nn.Module):
         norm: Norm = "auto",
         frozen_stages: int = 1,
         deformable_layers: Sequence[str] = (),
+        deform_modulated: bool = False,
     ) -> None:
         super().__init__()
         if norm not in ("auto", "frozen_bn", "bn", "gn"):
@@ -84,7 +88,7 @@ class TimmBackbone(nn.Module):
         if norm == "frozen_bn":
             self.body = freeze_batch_norm_2d(self.body)
         if deformable_layers:
-            make_deformable(self.body, list(deformable_layers))
+            make_deformable(self.body, list(deformable_layers), modulated=deform_modulated)
         if weights is not None or norm == "frozen_bn":  # frozen BN: weights come from a checkpoint
             self._freeze(frozen_stages)
         elif frozen_stages >= 0:
