@@ -2,6 +2,7 @@
 #   make train [ARGS='k=v ...']   create .venv if missing, then train the embedded demo
 #   make test                     create .venv if missing, then run the fast test suite
 #   make test-slow | lint | preview | bench   the slow tests, ruff, a data preview, benchmarks
+#   make compare [ARGS='--seeds 42 43 44']    PointINS against Mask R-CNN at equal wall clock
 #   make clean                    remove caches: .pytest_cache .ruff_cache __pycache__
 #                                 lightning_logs wandb/; runs (outputs/, multirun/) stay
 #   make clean-runs               DELETE outputs/ and multirun/: every run's checkpoints and logs
@@ -14,7 +15,7 @@ ARGS ?=
 # The CPU/CUDA wheels this machine serves from disk; other versions download gigabytes.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv train test test-slow lint preview bench clean clean-runs
+.PHONY: venv train test test-slow lint preview bench compare clean clean-runs
 
 venv: $(STAMP)
 
@@ -42,6 +43,9 @@ preview: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench $(ARGS)
+
+compare: $(STAMP)
+	$(PY) -m benchmarks.compare experiment=shapes --also mask=pointins_small $(ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache lightning_logs wandb
