@@ -3,7 +3,7 @@
 ``trainer.precision: ${fastest_precision:}`` (the CPU recipe, ``experiment=shapes``)
 resolves to ``bf16-mixed`` on hardware with native bfloat16 arithmetic (CUDA GPUs of
 compute capability 8.0+, x86 CPUs with AVX512-BF16 or AMX, where it shortens the CPU
-recipe's training step: see docs/benchmarks.md) and to ``32-true`` elsewhere, where
+recipe's training step: ``make bench ARGS=--amp`` times both) and to ``32-true`` elsewhere, where
 bfloat16 would be emulated and slower than fp32. Under autocast the networks run in
 bfloat16; the heads hand their outputs to the losses, the box decoder and the mask paste
 in fp32.

@@ -189,9 +189,10 @@ class BoxTemplateBranch(nn.Module):
 
     The paper's ``k_t x k_t`` template conv, with ``E`` output channels instead of
     ``E * K * K``, runs densely on every level of the PoI features: an ``E``-channel
-    template map. A query's template is that map on its own level RoI-aligned over its
-    target box to ``K x K`` (``torchvision.ops.roi_align``, as Mask R-CNN reads its
-    RoI). Template cell ``(i, j)`` then holds the evidence under the box's cell
+    template map. A query's template is that map on the query's own FPN level (the level
+    its point lies on, not a level chosen by box size as Mask R-CNN's mapper does)
+    RoI-aligned over its target box to ``K x K`` (``torchvision.ops.roi_align``,
+    ``aligned=True``, ``sampling_ratio`` samples per bin and axis). Template cell ``(i, j)`` then holds the evidence under the box's cell
     ``(i, j)``, where :class:`TemplateBranch` must encode the whole shape in the patch
     around one point. The instance-aware weights, fusion and mask head are unchanged.
 
