@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from pointins.detectors.assigners import gather_assigned, pad_targets
 from pointins.detectors.box_coders import DeltaBoxCoder, LTRBBoxCoder
 from pointins.detectors.losses import fcos_losses, num_positives_across_ranks, retinanet_losses
+from pointins.structures import Assignment, DenseOutputs
 
 ALPHA, GAMMA, BETA = 0.25, 2.0, 0.1
 
@@ -198,3 +202,60 @@ def test_num_positives_across_ranks(tmp_path) -> None:
         assert int(count) == 6  # the input is not reduced in place
     finally:
         dist.destroy_process_group()
+
+
+def test_atss_losses_from_its_config_hand_computed() -> None:
+    """``conf/detector/atss.yaml``'s loss and box coder on one image, four 32 px anchors and
+    two GTs: focal over all anchors, GIoU of the boxes decoded from deltas with weights
+    (10, 10, 5, 5), weighted by the centre-ness targets and their sum, times 2, and the
+    centre-ness BCE, both normalised by the positives."""
+    conf = OmegaConf.load(Path(__file__).parents[1] / "conf" / "detector" / "atss.yaml")
+    loss_fn, coder = instantiate(conf.loss), instantiate(conf.box_coder)
+    anchors = torch.tensor(
+        [[0.0, 0.0, 32.0, 32.0], [16.0, 0.0, 48.0, 32.0], [32, 16, 64, 48], [0, 32, 32, 64]],
+        dtype=torch.float64,
+    )  # centres (16, 16), (32, 16), (48, 32), (16, 48)
+    gt = [[4.0, 2.0, 44.0, 30.0], [30.0, 10.0, 62.0, 58.0]]
+    gt_labels = [2, 0]
+    matched = [0, 0, 1, -1]  # anchor 3 is background
+    gen = torch.Generator().manual_seed(7)
+    cls = torch.randn(1, 4, 3, generator=gen, dtype=torch.float64)
+    reg = torch.randn(1, 4, 4, generator=gen, dtype=torch.float64) * 0.5
+    ctr = torch.randn(1, 4, generator=gen, dtype=torch.float64)
+    outputs = DenseOutputs(
+        cls_logits=[cls], box_regression=[reg], centerness=[ctr], poi_features=[torch.zeros(1)]
+    )
+    assignment = Assignment(
+        matched_idxs=torch.tensor([matched]),
+        gt_boxes=torch.tensor([[gt[max(m, 0)] for m in matched]], dtype=torch.float64),
+        gt_labels=torch.tensor([[gt_labels[max(m, 0)] for m in matched]]),
+    )
+    losses = loss_fn(outputs, anchors, assignment, coder)
+
+    focal, giou, bce, ctr_sum = 0.0, 0.0, 0.0, 0.0
+    for n, m in enumerate(matched):
+        label = gt_labels[m] if m >= 0 else -1
+        focal += sum(_focal(float(cls[0, n, c]), float(c == label)) for c in range(3))
+        if m < 0:
+            continue
+        x1, y1, x2, y2 = anchors[n].tolist()
+        aw, ah, ax, ay = x2 - x1, y2 - y1, (x1 + x2) / 2, (y1 + y2) / 2
+        dx, dy, dw, dh = reg[0, n].tolist()
+        cx, cy = ax + dx / 10 * aw, ay + dy / 10 * ah
+        w, h = math.exp(dw / 5) * aw, math.exp(dh / 5) * ah
+        pred = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        g = gt[m]
+        left, top, right, bottom = ax - g[0], ay - g[1], g[2] - ax, g[3] - ay
+        target = math.sqrt(
+            min(left, right) / max(left, right) * min(top, bottom) / max(top, bottom)
+        )
+        giou += target * _giou_loss(pred, g)
+        ctr_sum += target
+        bce += _bce_logits(float(ctr[0, n]), target)
+    num_pos = 3
+    assert 0 < ctr_sum < num_pos  # the two normalisers differ
+    assert losses.keys() == {"loss_cls", "loss_box_reg", "loss_centerness"}
+    assert math.isclose(float(losses["loss_cls"]), focal / num_pos, rel_tol=1e-9)
+    # rel_tol 1e-6: torchvision's GIoU loss adds eps = 1e-7 to its denominators
+    assert math.isclose(float(losses["loss_box_reg"]), 2.0 * giou / ctr_sum, rel_tol=1e-6)
+    assert math.isclose(float(losses["loss_centerness"]), bce / num_pos, rel_tol=1e-9)

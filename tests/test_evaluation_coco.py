@@ -417,3 +417,72 @@ def test_per_class_table_goes_to_wandb_loggers_only():
     assert logged["trainer/global_step"] == 5
     assert logged["val/per_class_ap"].data == [["car", 50.0, 40.0, 3]]
     log_per_class_table([CSVLogger("unused")], rows, step=6)  # nothing to log to: no error
+
+
+def _precision_per_class(coco: COCO, dets: list[dict], iou_type: str) -> dict[int, float]:
+    """Per category id: the mean of COCOeval's ``precision[:, :, k, area all, maxDets 100]``
+    over its valid (> -1) entries, in percent; NaN where none is valid."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = COCOeval(coco, coco.loadRes(dets), iou_type)
+        coco_eval.params.imgIds = IMAGE_IDS
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    params = coco_eval.params
+    assert params.areaRngLbl[0] == "all" and params.maxDets[-1] == 100
+    out = {}
+    for k, cat_id in enumerate(params.catIds):
+        p = coco_eval.eval["precision"][:, :, k, 0, -1]  # (T, R)
+        out[cat_id] = float(p[p > -1].mean() * 100) if (p > -1).any() else float("nan")
+    return out
+
+
+def _jittered_predictions(coco: COCO, image_id: int) -> dict[str, Tensor]:
+    """Every non-crowd GT but one, its box jittered by up to +-3 px (a seeded generator)
+    and its mask cut to the jittered box, a false positive of a present and of an absent
+    class, random scores."""
+    g = torch.Generator().manual_seed(100 + image_id)
+    gt = _gt_predictions(coco, image_id)
+    anns = [a for a in coco.imgToAnns[image_id] if not a["iscrowd"]]
+    keep = torch.tensor([a["id"] != MISSED_ANN for a in anns], dtype=torch.bool)
+    n = int(keep.sum())
+    image = coco.imgs[image_id]
+    h, w = image["height"], image["width"]
+    boxes = gt["boxes"][keep] + (torch.rand(n, 4, generator=g) - 0.5) * 6
+    boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h], dtype=boxes.dtype))
+    ys, xs = torch.arange(h)[:, None] + 0.5, torch.arange(w)[None] + 0.5
+    inside = (
+        (xs >= boxes[:, 0, None, None])
+        & (xs <= boxes[:, 2, None, None])
+        & (ys >= boxes[:, 1, None, None])
+        & (ys <= boxes[:, 3, None, None])
+    )  # (n, H, W)
+    masks = gt["masks"][keep].bool() & inside
+    labels, scores = gt["labels"][keep], torch.rand(n, generator=g) * 0.8 + 0.1
+    fp_boxes = torch.tensor([[0.0, 0.0, w / 3, h / 3], [w / 2, h / 2, w - 1.0, h - 1.0]])
+    fp_masks = torch.zeros(2, h, w, dtype=torch.bool)
+    fp_masks[0, : h // 3, : w // 3] = fp_masks[1, h // 2 : h - 1, w // 2 : w - 1] = True
+    fp_labels = torch.tensor([0, 2])  # cat and bird: absent from some images
+    fp_scores = torch.rand(2, generator=g)
+    return {
+        "boxes": torch.cat([boxes, fp_boxes]),
+        "scores": torch.cat([scores, fp_scores]),
+        "labels": torch.cat([labels, fp_labels]),
+        "masks": torch.cat([masks, fp_masks]),
+    }
+
+
+def test_per_class_ap_is_pycocotools_precision_per_category(ann_file: Path, coco, tmp_path):
+    """``{iou_type}/AP-<name>``: the class's slice of pycocotools' accumulated precision
+    (all IoU thresholds and recall points, area "all", 100 detections), averaged over its
+    valid entries, for imperfect predictions of three classes."""
+    preds = {i: _jittered_predictions(coco, i) for i in IMAGE_IDS}
+    metrics = _evaluate(ann_file, tmp_path, preds)
+    names = {c["id"]: c["name"] for c in ANNOTATIONS["categories"]}
+    for iou_type in ("bbox", "segm"):
+        ref = _precision_per_class(coco, _reference_results(preds, iou_type), iou_type)
+        assert all(0 < v < 100 for v in ref.values()), ref  # none trivially 0 or 100
+        assert len({round(v, 6) for v in ref.values()}) == 3  # a swap of classes shows
+        for cat_id, value in ref.items():
+            assert metrics[f"{iou_type}/AP-{names[cat_id]}"] == pytest.approx(value, abs=1e-9)
+        # every class has ground truth (all entries valid): the summary AP is their mean
+        assert metrics[f"{iou_type}/AP"] == pytest.approx(np.mean(list(ref.values())), abs=1e-9)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import roi_align
+from torchvision.ops import box_iou, roi_align
 
 from pointins.detectors.anchors import AnchorGenerator, PointGenerator
 from pointins.detectors.assigners import anchor_condition_iou
@@ -78,7 +78,8 @@ def _pred_near_gt(s, anchor_gt, shift: float = 1.5):
 def test_queries_respect_thresholds(t_a: float, t_b: float) -> None:
     s = _setup(num_gt=6)
     anchor_gt = anchor_condition_iou(s["anchors"], s["gt_boxes"], s["gt_valid"], t_a)
-    pred = _pred_near_gt(s, anchor_gt, shift=0.0) + torch.randn(2, len(s["anchors"]), 4) * 6
+    noise = torch.randn(2, len(s["anchors"]), 4, generator=torch.Generator().manual_seed(7))
+    pred = _pred_near_gt(s, anchor_gt, shift=0.0) + noise * 6
     q = _sample(s, anchor_gt, pred=pred, box_iou_thresh=t_b, num_samples=None)
     assert len(q) > 0
     gt = s["gt_boxes"][q.batch_idx, q.gt_idx]  # (Q, 4)
@@ -375,3 +376,41 @@ def test_mask_targets_match_a_per_query_crop_in_any_query_order() -> None:
             aligned=True,
         )[0, 0]
         assert torch.equal(targets[row], (crop >= 0.5).float()), row
+
+
+# ------------------------------------------------------------------------ paired IoU
+def test_paired_box_iou_is_torchvision_diagonal() -> None:
+    """Row ``i`` of the result is ``torchvision.ops.box_iou(a, b)[i, i]``, on random pairs
+    plus hand-placed zero-area, disjoint, touching, nested and identical ones; a pair whose
+    union is empty (torchvision: 0 / 0 = NaN) has IoU 0."""
+    g = torch.Generator().manual_seed(5)
+    corner = torch.rand(2, 200, 2, generator=g) * 100
+    size = torch.rand(2, 200, 2, generator=g) * 40
+    size[:, ::9, 0] = 0.0  # zero width
+    size[0, ::13, 1] = 0.0  # zero height in the first set
+    a, b = (torch.cat([c, c + s], dim=1) for c, s in zip(corner, size, strict=True))
+    special = torch.tensor(
+        [
+            # a                     b
+            [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]],  # disjoint
+            [[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0]],  # touching along a side
+            [[0.0, 0.0, 10.0, 10.0], [2.0, 3.0, 6.0, 8.0]],  # nested: 20 / 100
+            [[1.5, 2.5, 7.0, 9.0], [1.5, 2.5, 7.0, 9.0]],  # identical
+            [[5.0, 5.0, 5.0, 9.0], [0.0, 0.0, 10.0, 10.0]],  # zero-area line inside a box
+            [[4.0, 4.0, 4.0, 4.0], [0.0, 0.0, 10.0, 10.0]],  # a point inside a box
+            [[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]],  # half overlap: 50 / 150
+        ]
+    )
+    a, b = torch.cat([a, special[:, 0]]), torch.cat([b, special[:, 1]])
+    for dtype in (torch.float32, torch.float64):
+        ours = paired_box_iou(a.to(dtype), b.to(dtype))
+        ref = box_iou(a.to(dtype), b.to(dtype)).diagonal()
+        assert ours.shape == (a.shape[0],) and ours.dtype == dtype
+        torch.testing.assert_close(ours, ref.nan_to_num(0.0), rtol=1e-6, atol=1e-7)
+    tail = paired_box_iou(special[:, 0], special[:, 1]).tolist()
+    assert tail == pytest.approx([0.0, 0.0, 0.2, 1.0, 0.0, 0.0, 1 / 3])
+    # the hand-placed zero-area pairs are where torchvision divides 0 by a non-zero union
+    assert not box_iou(special[:, 0], special[:, 1]).diagonal().isnan().any()
+    degenerate = torch.tensor([[3.0, 3.0, 3.0, 3.0]])  # two empty boxes: union 0
+    assert box_iou(degenerate, degenerate).isnan().all()
+    assert paired_box_iou(degenerate, degenerate).tolist() == [0.0]

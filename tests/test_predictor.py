@@ -1,6 +1,6 @@
 """A trained model from Python: every kind of image gives the same result as `eval.py
-predict`, the checkpoint's own preprocessing is used without any data config, and
-replacements and bad inputs are stated."""
+predict` and as the validation's results files, the checkpoint's own preprocessing is used
+without any data config, and replacements and bad inputs are stated."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 from pycocotools import mask as mask_utils
+from tiny import TINY_TRAINER
 
 import eval as eval_entry
 from pointins import Prediction, Predictor, Preprocess, draw
@@ -82,8 +83,43 @@ def test_the_predictor_is_eval_py_predict(trained, compose_cfg, tmp_path):
         xywh = [r["bbox"] for r in rows]
         boxes = pred.boxes.numpy()
         np.testing.assert_allclose(np.array(xywh)[:, :2], boxes[:, :2], atol=0.01)
+        np.testing.assert_allclose(np.array(xywh)[:, 2:], boxes[:, 2:] - boxes[:, :2], atol=0.01)
         masks = np.stack([mask_utils.decode(r["segmentation"]) for r in rows]).astype(bool)
         assert (masks == pred.masks.numpy()).all()
+
+
+def test_the_predictor_reproduces_the_validation_results_files(tiny_checkpoint):
+    """The final validation of the training run (after its last epoch, with the weights of
+    last.ckpt, in fp32) wrote bbox.json and segm.json through the datamodule and the COCO
+    evaluator; the Predictor, given the same image files and nothing else, finds the same
+    detections: boxes (xywh there, xyxy here), scores, category ids (matched by class name
+    in the annotation file) and mask pixels."""
+    assert "trainer.precision=32-true" in TINY_TRAINER  # the files were written in fp32
+    ckpt, data = tiny_checkpoint("fcos")
+    run = ckpt.parents[1]
+    bbox = json.loads((run / "bbox.json").read_text())
+    segm = json.loads((run / "segm.json").read_text())
+    shapes = data / "shapes"
+    annotations = json.loads((shapes / "annotations" / "instances_val.json").read_text())
+    cat_id = {c["name"]: c["id"] for c in annotations["categories"]}
+    images = annotations["images"]
+    assert len(images) == 2
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")  # the stored threshold: 0
+    predictions = predictor([shapes / "images" / "val" / im["file_name"] for im in images])
+    for image, pred in zip(images, predictions, strict=True):
+        boxes = [r for r in bbox if r["image_id"] == image["id"]]
+        masks = [r for r in segm if r["image_id"] == image["id"]]
+        assert len(boxes) == len(masks) == len(pred) > 0
+        assert pred.image_size == (image["height"], image["width"])
+        x, y, w, h = np.array([r["bbox"] for r in boxes]).T
+        np.testing.assert_allclose(pred.boxes.numpy(), np.stack([x, y, x + w, y + h], 1), atol=1e-4)
+        for rows in (boxes, masks):
+            np.testing.assert_allclose([r["score"] for r in rows], pred.scores.numpy(), atol=1e-6)
+            assert [r["category_id"] for r in rows] == [cat_id[n] for n in pred.class_names]
+        decoded = mask_utils.decode([r["segmentation"] for r in masks])  # (H, W, n)
+        assert decoded.any()
+        np.testing.assert_array_equal(decoded.transpose(2, 0, 1).astype(bool), pred.masks.numpy())
 
 
 def test_replacements_apply_and_are_logged(trained, caplog):
