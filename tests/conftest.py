@@ -5,9 +5,54 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+# folders that libraries write under the home folder, relative to the tests' own home
+HOME_FOLDERS = {
+    "XDG_CACHE_HOME": ".cache",
+    "XDG_CONFIG_HOME": ".config",
+    "XDG_DATA_HOME": ".local/share",
+    "WANDB_DIR": "wandb",
+    "WANDB_CACHE_DIR": ".cache/wandb",
+    "WANDB_CONFIG_DIR": ".config/wandb",
+    "WANDB_DATA_DIR": ".local/share/wandb",  # artifact staging
+    "WANDB_ARTIFACT_DIR": "artifacts",
+    "TORCH_HOME": ".cache/torch",
+    "HF_HOME": ".cache/huggingface",
+    "TORCHINDUCTOR_CACHE_DIR": ".cache/torchinductor",
+    "TRITON_CACHE_DIR": ".cache/triton",
+    "MPLCONFIGDIR": ".config/matplotlib",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_home(tmp_path_factory: pytest.TempPathFactory):
+    """The whole suite, subprocesses included, sees a home folder under pytest's tmp: W&B
+    runs and artifact staging, caches of torch, timm/Hugging Face, inductor and Hydra land
+    there and nothing is read from the user's (no cached weights, no W&B login)."""
+    home = tmp_path_factory.mktemp("home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HOME", str(home))
+    for var, folder in HOME_FOLDERS.items():
+        (home / folder).mkdir(parents=True, exist_ok=True)
+        patch.setenv(var, str(home / folder))
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "HF_HUB_CACHE"):
+        patch.delenv(var, raising=False)
+    yield home
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def restore_hydra_state():
+    """Hydra's global state as each test found it (tests set HydraConfig as train.py's
+    caller would, and compose configs)."""
+    saved = HydraConfig.instance().cfg
+    yield
+    HydraConfig.instance().cfg = saved
+    GlobalHydra.instance().clear()
 
 
 @pytest.fixture

@@ -18,21 +18,29 @@ from pointins.backbones.deformable import DeformConv3x3, make_deformable
 CL = torch.channels_last
 
 
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def _grouped_strided_conv(bias: bool = False) -> nn.Conv2d:
-    torch.manual_seed(0)
     # ResNeXt conv2 shape: groups=32, stride 2 (first block of a stage); dilation for coverage
-    return nn.Conv2d(64, 64, 3, stride=2, padding=2, dilation=2, groups=32, bias=bias)
+    conv = nn.Conv2d(64, 64, 3, stride=2, padding=2, dilation=2, groups=32, bias=bias)
+    with torch.no_grad():  # seeded weights, the global generator untouched
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=_gen(1)) * 0.1)
+    return conv
 
 
 @pytest.fixture(scope="module")
 def resnext_pair():
     """A features_only ResNeXt-50 32x4d (eval) and its deformable copy."""
-    torch.manual_seed(0)
     # zero_init_last=False: timm zeroes every block's last BN by default, which would hide
     # the residual branches (and so the deformable convs) from the outputs
-    plain = timm.create_model(
-        "resnext50_32x4d", pretrained=False, features_only=True, zero_init_last=False
-    ).eval()
+    with torch.random.fork_rng():  # timm initialises from the global generator
+        torch.manual_seed(0)
+        plain = timm.create_model(
+            "resnext50_32x4d", pretrained=False, features_only=True, zero_init_last=False
+        ).eval()
     deform = copy.deepcopy(plain)
     n = make_deformable(deform)
     return plain, deform, n
@@ -46,7 +54,7 @@ def test_single_conv_equals_plain_conv_at_init(bias):
     assert d.conv.groups == 32 and d.conv.stride == (2, 2) and d.conv.dilation == (2, 2)
     assert d.offset.out_channels == 18 and d.offset.stride == (2, 2)
     assert not d.offset.weight.any() and not d.offset.bias.any()
-    x = torch.randn(2, 64, 11, 13)
+    x = torch.randn(2, 64, 11, 13, generator=_gen())
     with torch.no_grad():
         ref = conv(x)
         out = d(x)
@@ -73,7 +81,7 @@ def test_make_deformable_replaces_conv2_of_layer2_to_4_only(resnext_pair):
 
 def test_make_deformable_keeps_outputs_at_init_and_uses_offsets(resnext_pair):
     plain, deform, _ = resnext_pair
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 64, 64, generator=_gen())
     with torch.no_grad():
         ref = plain(x)
         out = deform(x)
@@ -99,9 +107,9 @@ def test_make_deformable_keeps_outputs_at_init_and_uses_offsets(resnext_pair):
 def test_gradients_reach_offsets_and_conv_weight():
     conv = _grouped_strided_conv(bias=True)
     d = DeformConv3x3(conv)
-    x = torch.randn(2, 64, 11, 13).contiguous(memory_format=CL)
+    x = torch.randn(2, 64, 11, 13, generator=_gen()).contiguous(memory_format=CL)
     out = d(x)
-    (out * torch.randn_like(out)).sum().backward()
+    (out * torch.randn(out.shape, generator=_gen())).sum().backward()
     for p in (d.offset.weight, d.offset.bias, d.conv.weight, d.conv.bias):
         assert p.grad is not None and p.grad.abs().sum() > 0
         assert torch.isfinite(p.grad).all()
@@ -125,7 +133,7 @@ def test_basic_blocks_classifier_model():
     model = timm.create_model("resnet18", pretrained=False, zero_init_last=False).eval()
     ref_model = copy.deepcopy(model)
     assert make_deformable(model, ["layer4"]) == 2
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 64, 64, generator=_gen())
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref_model(x), atol=1e-4, rtol=1e-4)
 
@@ -135,7 +143,7 @@ def test_bf16_autocast_on_cpu_runs_and_matches_fp32():
     d = DeformConv3x3(conv)
     with torch.no_grad():
         d.offset.weight.normal_(std=0.05)  # nonzero offsets: bilinear sampling really runs
-    x = torch.randn(2, 64, 11, 13).contiguous(memory_format=CL)
+    x = torch.randn(2, 64, 11, 13, generator=_gen()).contiguous(memory_format=CL)
     with torch.no_grad():
         ref = d(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -156,7 +164,7 @@ def test_bf16_autocast_on_cpu_runs_and_matches_fp32():
 
 def test_bf16_autocast_whole_backbone(resnext_pair):
     plain, deform, _ = resnext_pair
-    x = torch.randn(1, 3, 64, 64).contiguous(memory_format=CL)
+    x = torch.randn(1, 3, 64, 64, generator=_gen()).contiguous(memory_format=CL)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = deform(x)
         ref = plain(x)

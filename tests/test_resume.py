@@ -175,17 +175,41 @@ def test_last_checkpoint_saves_every_n_steps_and_every_epoch():
 
 
 # ----------------------------------------------------------------- atomic checkpoint writes
+# Saves step 1 whole, then blocks inside the save of step 2 at the phase named by argv[2]
+# (announcing "blocked" on stdout) until the test kills it: the kill lands there, always.
 WRITER = textwrap.dedent(
     """
-    import sys, torch
+    import io, os, sys, time, torch
+    import pointins.checkpoints as checkpoints
     from pointins.checkpoints import AtomicCheckpointIO
 
-    io, path = AtomicCheckpointIO(), sys.argv[1]
-    for step in range(1, 10**6):  # saves until killed; 32 MB each
-        io.save_checkpoint({"step": step, "w": torch.full((8_000_000,), float(step))}, path)
-        print(step, flush=True)
+    path, phase = sys.argv[1], sys.argv[2]
+    io_ = AtomicCheckpointIO()
+    io_.save_checkpoint({"step": 1, "w": torch.full((1000,), 1.0)}, path)
+
+    def block(*args, **kwargs):
+        print("blocked", flush=True)
+        time.sleep(600)
+
+    real_save = torch.save
+    if phase == "mid_write":  # half the bytes of step 2 on disk
+        def half_save(obj, f):
+            buffer = io.BytesIO()
+            real_save(obj, buffer)
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            block()
+        torch.save = half_save
+    elif phase == "before_rename":  # step 2 written and flushed, not yet renamed
+        os.replace = block
+    elif phase == "after_rename":  # renamed, the folder not yet fsynced
+        checkpoints._fsync_dir = block
+    io_.save_checkpoint({"step": 2, "w": torch.full((1000,), 2.0)}, path)
     """
 )
+
+# phase -> the step last.ckpt holds after the kill, and whether a temporary file is left
+PHASES = {"mid_write": (1, True), "before_rename": (1, True), "after_rename": (2, False)}
 
 
 def _check_whole(path: Path) -> int:
@@ -194,31 +218,27 @@ def _check_whole(path: Path) -> int:
     return saved["step"]
 
 
-def test_a_writer_killed_at_random_points_leaves_a_whole_checkpoint(tmp_path):
-    """SIGKILL processes that save checkpoints back to back (they spend nearly all their
-    time inside save_checkpoint) at random moments: each ``last.ckpt`` loads, whole, and a
-    later save clears the temporary file the killed write left behind."""
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_writer_killed_inside_a_save_leaves_a_whole_checkpoint(tmp_path, phase):
+    """SIGKILL a process inside its second checkpoint save, at each phase of the write: the
+    ``last.ckpt`` left loads, whole (the first save's until the rename, then the second's),
+    and a later save clears the temporary file the killed write left behind."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    folders = [tmp_path / str(i) for i in range(3)]
-    writers = []
-    for folder in folders:  # started together: the imports take most of the time
-        folder.mkdir()
-        command = [sys.executable, "-c", WRITER, str(folder / "last.ckpt")]
-        writers.append(subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True))
-    rng = torch.Generator().manual_seed(0)
-    for writer in writers:
-        assert int(writer.stdout.readline()) >= 1, "no checkpoint written"
-        time.sleep(float(torch.rand(1, generator=rng)) * 0.5)
+    path = tmp_path / "last.ckpt"
+    command = [sys.executable, "-c", WRITER, str(path), phase]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "blocked", "the writer ended before the save"
+    finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         writer.stdout.close()
-    left_over = [len(list(folder.glob(".last.ckpt.tmp-*"))) for folder in folders]
-    assert any(left_over), "no kill landed inside a write"
-    for folder in folders:
-        assert _check_whole(folder / "last.ckpt") >= 1
-        AtomicCheckpointIO().save_checkpoint({"step": 0, "w": torch.zeros(4)}, folder / "last.ckpt")
-        assert _check_whole(folder / "last.ckpt") == 0
-        assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+    step, left_over = PHASES[phase]
+    assert _check_whole(path) == step
+    assert bool(list(tmp_path.glob(".last.ckpt.tmp-*"))) == left_over
+    AtomicCheckpointIO().save_checkpoint({"step": 0, "w": torch.zeros(4)}, path)
+    assert _check_whole(path) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
