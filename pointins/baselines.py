@@ -19,6 +19,11 @@ model and changes only what the comparison needs to be equal):
   :func:`rescale_predictions` maps them to the original image, as torchvision's own
   ``postprocess`` does: boxes scaled, Mask R-CNN's 28×28 masks pasted at the original
   resolution with torchvision's ``paste_masks_in_image`` and thresholded at 0.5.
+  torchvision takes each level's stride as the padded size // the level's size, so, as in
+  torchvision itself, levels coarser than the padding (P6, P7 at a multiple of 32 that is
+  not one of 64 or 128) place their anchors on a slightly longer stride than the nominal
+  one; its anchors are centred at ``(x·s, y·s)`` with rounded corners, where PointINS's
+  are at ``((x + 0.5)·s, (y + 0.5)·s)`` (the official FCOS locations).
 * Backbone body: our ``TimmBackbone`` from ``model.backbone``, FPN ``model.neck.out_channels``
   wide (the recipe's width; torchvision's is 256).
 * FCOS and RetinaNet: the recipe's ``FPN`` (torchvision's ``FeaturePyramidNetwork`` with

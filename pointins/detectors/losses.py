@@ -4,8 +4,10 @@
 :class:`~pointins.detectors.DenseDetector`; the functions below them take the head
 outputs with all levels concatenated along dim 1 and an
 :class:`~pointins.structures.Assignment` from ``assigners.py``. Every loss is a
-sum over anchors divided by the number of positives, averaged over ranks when
-``torch.distributed`` is initialised (torchvision/detectron2 convention). A batch
+sum over anchors divided by the number of positives in the batch, averaged over ranks
+when ``torch.distributed`` is initialised (the official FCOS and mmdetection convention,
+and torchvision's FCOS; torchvision's RetinaNet divides per image, detectron2 by a moving
+average of the count). A batch
 with no positive gives finite losses that keep the graph (all terms are sums,
 which are 0 with a gradient over empty selections), so DDP never hangs.
 """
