@@ -7,7 +7,7 @@ Writes bbox.json, segm.json and metrics.json into the run directory.
     python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE
 Resizes and normalises as in training (stored in the checkpoint). Writes a picture per
 image (masks, boxes, class names, scores) under predictions/ and the
-detections of all images as COCO results in predictions.json (see ``pointins.predict``).
+detections of all images as COCO results in predictions.json (see ``pointins.inference.predict``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pointins.lit_module import DetectionModule, load_module
-from pointins.loggers import (
+from pointins.engine.lit_module import DetectionModule
+from pointins.engine.loading import load_module
+from pointins.engine.loggers import (
     TrainingRun,
     finish_runs,
     identity_kwargs,
@@ -30,9 +31,9 @@ from pointins.loggers import (
     run_identity,
     training_run,
 )
-from pointins.predict import list_images, predict_images
-from pointins.predictor import Predictor
-from pointins.runner import build_datamodule, build_trainer
+from pointins.engine.runner import build_datamodule, build_trainer
+from pointins.inference.predict import list_images, predict_images
+from pointins.inference.predictor import Predictor
 
 log = logging.getLogger("eval")
 

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pointins.backbones.pretrained import resolve_weights
-from pointins.loggers import (
+from pointins.engine.loggers import (
     finish_runs,
     identity_kwargs,
     log_final,
@@ -33,8 +33,8 @@ from pointins.loggers import (
     store_group,
     wandb_run_id,
 )
-from pointins.resume import plan_start
-from pointins.runner import build_datamodule, build_trainer
+from pointins.engine.resume import plan_start
+from pointins.engine.runner import build_datamodule, build_trainer
 
 log = logging.getLogger("train")
 

@@ -50,8 +50,8 @@ from benchmarks.config import compose_config
 from benchmarks.measure import PeakMemory, epochs, measure, to_device
 from benchmarks.roi_work import POINTINS_AS_TRAINED, RoICounter, feed_like_real_training
 from pointins.baselines import IdentityTransform, TorchvisionDetector, build_torchvision
+from pointins.engine.runner import build_datamodule
 from pointins.model import build_model
-from pointins.runner import build_datamodule
 from pointins.structures import Batch
 
 POINTINS = ("pointins-retinanet", "pointins-fcos")
@@ -133,10 +133,10 @@ def inference_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], list
 def onnx_inference_fn(
     model: nn.Module, cfg: DictConfig, batch: Batch, class_names: list[str], out: Path
 ) -> Callable[[], list[dict]]:
-    """The model exported to ONNX (:mod:`pointins.export`), run by onnxruntime on the CPU
+    """The model exported to ONNX (:mod:`pointins.inference.export`), run by onnxruntime on the CPU
     one image at a time, boxes scaled and masks pasted in Python: what
-    :class:`~pointins.export.OnnxPredictor` does after the resize."""
-    from pointins.export import OnnxPredictor, export_onnx
+    :class:`~pointins.inference.export.OnnxPredictor` does after the resize."""
+    from pointins.inference.export import OnnxPredictor, export_onnx
 
     preprocess = instantiate(cfg.data).preprocess
     predictor = OnnxPredictor(export_onnx(model, preprocess, out / "model.onnx", class_names))

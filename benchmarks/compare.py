@@ -80,7 +80,7 @@ class Run:
 # ------------------------------------------------------------------ reading a run folder
 def read_log(log: Path) -> tuple[int, float, float, int | None]:
     """``(steps, train seconds, median seconds per batch, total steps planned)`` from a run's
-    ``train.log`` (:class:`pointins.callbacks.ProgressLines`' lines)."""
+    ``train.log`` (:class:`pointins.engine.callbacks.ProgressLines`' lines)."""
     text = log.read_text()
     done = DONE.findall(text)
     if not done:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from benchmarks.config import compose_config
 from benchmarks.mask_quality import MATCH_IOU, matched_mask_quality, summary_table
-from pointins.lit_module import PointINSModule
+from pointins.engine.lit_module import PointINSModule
 from pointins.model import PointINS, build_model
 
 log = logging.getLogger("mask_fit")
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
     from eval import load_checkpoint  # the entry point's loader: checks the classes
-    from pointins.runner import build_datamodule
+    from pointins.engine.runner import build_datamodule
 
     cfg = compose_config([*args.overrides], experiment=args.experiment)
     torch.manual_seed(cfg.seed)

@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
     from eval import load_checkpoint  # the entry point's loader: checks the classes
-    from pointins.runner import build_datamodule
+    from pointins.engine.runner import build_datamodule
 
     cfg = compose_config([*args.overrides], experiment=args.experiment)
     datamodule = build_datamodule(cfg)

@@ -19,9 +19,10 @@ from torch.nn import functional as nnf
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from pointins.visualize import class_color, denormalize, draw_instances
+from pointins.inference.visualize import class_color, draw_instances
+from pointins.preprocess import denormalize
 
-# the drawing helpers live in pointins.visualize; re-exported for this module's callers
+# the drawing helpers live in pointins.inference.visualize; re-exported for this module's callers
 __all__ = ["class_color", "denormalize", "draw_instances", "main", "render_preview"]
 
 

@@ -9,15 +9,15 @@ import os
 # user wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
-from pointins import precision as _precision  # noqa: E402, F401  (registers ${fastest_precision:})
-from pointins import slurm as _slurm  # noqa: E402, F401  (registers ${slurm_count:})
+from pointins.engine import precision as _precision  # noqa: E402, F401  (registers ${fastest_precision:})
+from pointins.engine import slurm as _slurm  # noqa: E402, F401  (registers ${slurm_count:})
 
 __all__ = ["Prediction", "Predictor", "Preprocess", "draw"]
 
 _LAZY = {
-    "Prediction": "pointins.predictor",
-    "Predictor": "pointins.predictor",
-    "draw": "pointins.predictor",
+    "Prediction": "pointins.inference.predictor",
+    "Predictor": "pointins.inference.predictor",
+    "draw": "pointins.inference.predictor",
     "Preprocess": "pointins.preprocess",
 }
 

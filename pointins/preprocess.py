@@ -3,7 +3,7 @@
 A model trained at one scale and normalisation must be run at the same ones: a
 :class:`Preprocess` is written into the checkpoint from the training data config
 (``data.test_scale``, ``data.max_size``, ``data.size_divisibility``, ``data.mean``,
-``data.std``), and :class:`~pointins.predictor.Predictor`, ``eval.py predict`` and the
+``data.std``), and :class:`~pointins.inference.predictor.Predictor`, ``eval.py predict`` and the
 ONNX export read it from there. The ops are those of the datamodules' test pipeline
 (``datamodules.transforms.build_test_transforms``), so an image is seen exactly as in
 evaluation.
@@ -25,6 +25,13 @@ from pointins.structures import pad_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised float (3, H, W) → uint8 (3, H, W)."""
+    mean_t = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
+    return ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def resized_shape(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:

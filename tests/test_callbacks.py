@@ -17,8 +17,8 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from recorders import RecordingWandbLogger
 from torch import nn
 
-from pointins import callbacks as callbacks_module
-from pointins.callbacks import (
+from pointins.engine import callbacks as callbacks_module
+from pointins.engine.callbacks import (
     MAX_PANEL_INSTANCES,
     ProgressLines,
     ValidationImages,
@@ -34,7 +34,7 @@ TRAIN_LINE = re.compile(
 
 
 class FakeClock:
-    """``time.perf_counter`` of :mod:`pointins.callbacks` in these tests: it advances only
+    """``time.perf_counter`` of :mod:`pointins.engine.callbacks` in these tests: it advances only
     where a test says so, so the timings the lines print do not depend on the machine."""
 
     now = 0.0
@@ -102,11 +102,11 @@ def fit(model: pl.LightningModule, **trainer_args) -> None:
 
 
 def lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "pointins.callbacks"]
+    return [r.getMessage() for r in caplog.records if r.name == "pointins.engine.callbacks"]
 
 
 def test_a_line_every_n_steps_with_that_steps_losses(caplog):
-    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    caplog.set_level(logging.INFO, logger="pointins.engine.callbacks")
     model = TinyDetector()
     # 4 batches an epoch: the run stops in the second, after the epoch-end validation
     fit(model, max_steps=6, log_every_n_steps=2, limit_val_batches=0)
@@ -123,7 +123,7 @@ def test_a_line_every_n_steps_with_that_steps_losses(caplog):
 
 
 def test_iter_counts_optimiser_steps(caplog):
-    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    caplog.set_level(logging.INFO, logger="pointins.engine.callbacks")
     model = TinyDetector()
     fit(model, max_steps=6, log_every_n_steps=2, accumulate_grad_batches=2, limit_val_batches=0)
     iters = [line.split()[2] for line in lines(caplog) if line.startswith("[train] iter")]
@@ -131,7 +131,7 @@ def test_iter_counts_optimiser_steps(caplog):
 
 
 def test_validation_within_an_epoch_is_not_data_time(caplog):
-    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    caplog.set_level(logging.INFO, logger="pointins.engine.callbacks")
     # validation (2 batches x 0.15 s) after batch 2 of 4, then batch 3 ends the window
     fit(TinyDetector(val_seconds=0.15), max_steps=3, log_every_n_steps=3, val_check_interval=2)
     out = lines(caplog)
@@ -143,7 +143,7 @@ def test_validation_within_an_epoch_is_not_data_time(caplog):
 
 
 def test_only_rank_zero_prints(caplog):
-    caplog.set_level(logging.INFO, logger="pointins.callbacks")
+    caplog.set_level(logging.INFO, logger="pointins.engine.callbacks")
     progress = ProgressLines()
     progress.disable()  # what ProgressBar.setup does on ranks other than 0
     pl.Trainer(

@@ -14,11 +14,11 @@ from benchmarks import compare
 from benchmarks.compare import Run, fitted_schedule, max_time, read_log, table
 
 LOG = """\
-[2026-12-07 10:00:00][pointins.callbacks][INFO] - [train] iter 10/2250  eta 0:20:00  lr 1e-4  loss 3.1  data 0.500s  step 0.900s
-[2026-12-07 10:00:05][pointins.callbacks][INFO] - [train] iter 20/2250  eta 0:19:00  lr 2e-4  loss 2.9  data 0.010s  step 0.400s
-[2026-12-07 10:00:09][pointins.callbacks][INFO] - [train] iter 30/2250  eta 0:18:00  lr 3e-4  loss 2.7  data 0.020s  step 0.380s
-[2026-12-07 10:00:13][pointins.callbacks][INFO] - [train] iter 40/2250  eta 0:17:00  lr 4e-4  loss 2.5  data 0.010s  step 0.500s
-[2026-12-07 10:16:15][pointins.callbacks][INFO] - [train] done: iter 2250 in 0:16:15
+[2026-12-07 10:00:00][pointins.engine.callbacks][INFO] - [train] iter 10/2250  eta 0:20:00  lr 1e-4  loss 3.1  data 0.500s  step 0.900s
+[2026-12-07 10:00:05][pointins.engine.callbacks][INFO] - [train] iter 20/2250  eta 0:19:00  lr 2e-4  loss 2.9  data 0.010s  step 0.400s
+[2026-12-07 10:00:09][pointins.engine.callbacks][INFO] - [train] iter 30/2250  eta 0:18:00  lr 3e-4  loss 2.7  data 0.020s  step 0.380s
+[2026-12-07 10:00:13][pointins.engine.callbacks][INFO] - [train] iter 40/2250  eta 0:17:00  lr 4e-4  loss 2.5  data 0.010s  step 0.500s
+[2026-12-07 10:16:15][pointins.engine.callbacks][INFO] - [train] done: iter 2250 in 0:16:15
 """  # noqa: E501
 
 

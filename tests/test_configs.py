@@ -110,7 +110,7 @@ def test_cli_prints_config_without_dataset(args, tmp_path):
         env={"POINTINS_DATA": str(tmp_path / "nothing-here"), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
-    assert "_target_: pointins.lit_module.PointINSModule" in out.stdout
+    assert "_target_: pointins.engine.lit_module.PointINSModule" in out.stdout
 
 
 def test_mask_none_wins_over_the_experiments_mask(compose_cfg):

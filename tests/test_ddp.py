@@ -17,7 +17,7 @@ from omegaconf import open_dict
 from recorders import read_batches
 from test_train import TINY
 
-from pointins.runner import build_trainer
+from pointins.engine.runner import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = [o for o in TINY if o.split("=")[0].split(".")[0] in ("experiment", "data")]

@@ -9,8 +9,8 @@ import torch
 from torchvision.ops import box_iou
 
 from pointins import Predictor
-from pointins.export import OnnxPredictor, export_onnx, main
-from pointins.predictor import load_image
+from pointins.inference.export import OnnxPredictor, export_onnx, main
+from pointins.inference.predictor import load_image
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 import eval as eval_entry
-from pointins.checkpoints import init_from_checkpoint
-from pointins.lit_module import PointINSModule
+from pointins.engine.checkpoints import init_from_checkpoint
+from pointins.engine.lit_module import PointINSModule
 
 SMALL = [
     "experiment=shapes",
@@ -59,7 +59,7 @@ def save_lightning_like(module: PointINSModule, path: Path) -> Path:
 def test_all_but_the_class_logits_are_loaded(build, tmp_path: Path, caplog) -> None:
     coco = build(80, seed=1)
     ckpt = save_lightning_like(coco, tmp_path / "coco.ckpt")
-    with caplog.at_level(logging.INFO, logger="pointins.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="pointins.engine.checkpoints"):
         city = build(8, init_from=ckpt, seed=2)
     fresh = build(8, seed=2)  # what init_from started from
     source, loaded, init = coco.state_dict(), city.state_dict(), fresh.state_dict()
@@ -86,7 +86,7 @@ def test_all_but_the_class_logits_are_loaded(build, tmp_path: Path, caplog) -> N
 def test_other_detector_loads_the_shared_parts_and_logs_the_rest(build, tmp_path, caplog):
     ckpt = save_lightning_like(build(80, detector="retinanet"), tmp_path / "retina.ckpt")
     fcos = build(8)
-    with caplog.at_level(logging.INFO, logger="pointins.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="pointins.engine.checkpoints"):
         report = init_from_checkpoint(fcos, ckpt)
     assert any(k.startswith("model.backbone.") for k in report.loaded)
     assert "model.detector.head.centerness.weight" in report.missing  # FCOS only

@@ -1,4 +1,4 @@
-"""pointins.loggers: W&B runs online only with credentials, offline otherwise; a run
+"""pointins.engine.loggers: W&B runs online only with credentials, offline otherwise; a run
 continued in its folder logs into the same W&B run; names, groups and tags say what a run is
 (tests/test_wandb_runs.py reads what whole runs record)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from pointins.loggers import (
+from pointins.engine.loggers import (
     GROUP_FILE,
     RUN_ID_FILE,
     finish_runs,

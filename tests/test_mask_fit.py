@@ -11,7 +11,7 @@ from tiny import TINY
 from benchmarks.config import compose_config
 from benchmarks.mask_fit import fit_mask, fresh_model, main, thresholded_iou
 from eval import load_checkpoint
-from pointins.runner import build_datamodule
+from pointins.engine.runner import build_datamodule
 
 #: TINY without the experiment (compose_config adds it)
 OVERRIDES = [o for o in TINY if not o.startswith("experiment=")]

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import pointins  # noqa: F401  (registers the resolver)
-from pointins.precision import fastest_precision, native_bf16
+from pointins.engine.precision import fastest_precision, native_bf16
 
 FLAGS = "fpu vme sse sse2 avx2 avx512f avx512bw avx512vl"
 

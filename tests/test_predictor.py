@@ -17,7 +17,7 @@ from tiny import TINY_TRAINER
 
 import eval as eval_entry
 from pointins import Prediction, Predictor, Preprocess, draw
-from pointins.predictor import PreprocessMissing
+from pointins.inference.predictor import PreprocessMissing
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_the_predictor_reproduces_the_validation_results_files(tiny_checkpoint):
 
 def test_replacements_apply_and_are_logged(trained, caplog):
     ckpt, files = trained
-    with caplog.at_level("WARNING", logger="pointins.predictor"):
+    with caplog.at_level("WARNING", logger="pointins.inference.predictor"):
         predictor = Predictor.from_checkpoint(
             ckpt, device="cpu", preprocess={"test_scale": 64}, score_thresh=0.5
         )

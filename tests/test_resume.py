@@ -20,9 +20,9 @@ from recorders import Interrupted, read_batches
 from test_train import TINY
 
 import train as train_entry
-from pointins.checkpoints import AtomicCheckpointIO, EpochAndStepCheckpoint
-from pointins.resume import LAST_CHECKPOINT, newest_checkpoint, plan_start
-from pointins.runner import build_trainer
+from pointins.engine.checkpoints import AtomicCheckpointIO, EpochAndStepCheckpoint
+from pointins.engine.resume import LAST_CHECKPOINT, newest_checkpoint, plan_start
+from pointins.engine.runner import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_a_rerun_continues_mid_epoch_with_the_uninterrupted_batches(train_in, tm
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (1, 6)
 
-    with caplog.at_level("INFO", logger="pointins.resume"):
+    with caplog.at_level("INFO", logger="pointins.engine.resume"):
         train_in(run, [*_record(tmp_path / "rerun"), "data.num_workers=2"])
     assert f"Resuming from {run / 'checkpoints' / 'last.ckpt'} (epoch 1, step 6)" in caplog.text
     first, rerun = read_batches(tmp_path / "first"), read_batches(tmp_path / "rerun")
@@ -97,7 +97,7 @@ def test_a_rerun_continues_mid_epoch_with_the_uninterrupted_batches(train_in, tm
 
 def test_fresh_folder_starts_fresh_and_resume_false_ignores_checkpoints(tmp_path, caplog):
     run = tmp_path / "run"
-    with caplog.at_level("INFO", logger="pointins.resume"):
+    with caplog.at_level("INFO", logger="pointins.engine.resume"):
         assert plan_start("auto", None, run).ckpt_path is None
     assert "Starting fresh: no checkpoint" in caplog.text
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -106,7 +106,7 @@ def test_fresh_folder_starts_fresh_and_resume_false_ignores_checkpoints(tmp_path
     start = plan_start("auto", None, run)
     assert (start.ckpt_path, start.continues_run) == (str(ckpt), True)
     caplog.clear()
-    with caplog.at_level("INFO", logger="pointins.resume"):
+    with caplog.at_level("INFO", logger="pointins.engine.resume"):
         start = plan_start(False, None, run)
     assert (start.ckpt_path, start.continues_run) == (None, False)
     assert "Starting fresh (resume=false)" in caplog.text
@@ -122,7 +122,7 @@ def test_the_run_folders_own_checkpoint_wins_over_ckpt_path(tmp_path, caplog):
     own = run / "checkpoints" / "last.ckpt"
     own.parent.mkdir(parents=True)
     torch.save({"epoch": 6, "global_step": 620}, own)
-    with caplog.at_level("INFO", logger="pointins.resume"):
+    with caplog.at_level("INFO", logger="pointins.engine.resume"):
         assert plan_start("auto", str(other), run).ckpt_path == str(own)
     assert "(epoch 6, step 620)" in caplog.text and "is not read" in caplog.text
     assert plan_start(False, str(other), run).ckpt_path == str(other)
@@ -180,8 +180,8 @@ def test_last_checkpoint_saves_every_n_steps_and_every_epoch():
 WRITER = textwrap.dedent(
     """
     import io, os, sys, time, torch
-    import pointins.checkpoints as checkpoints
-    from pointins.checkpoints import AtomicCheckpointIO
+    import pointins.engine.checkpoints as checkpoints
+    from pointins.engine.checkpoints import AtomicCheckpointIO
 
     path, phase = sys.argv[1], sys.argv[2]
     io_ = AtomicCheckpointIO()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pointins.schedules import milestones_past_the_end, scale_to_batch, warmup_multistep
+from pointins.engine.schedules import milestones_past_the_end, scale_to_batch, warmup_multistep
 
 
 def _lrs(steps: int, **kw) -> list[float]:

@@ -25,7 +25,7 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
-from pointins.slurm import REQUEUE_SIGNAL, cluster_plugins
+from pointins.engine.slurm import REQUEUE_SIGNAL, cluster_plugins
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

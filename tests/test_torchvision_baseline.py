@@ -27,14 +27,15 @@ from pointins.baselines import (
     RESERVES_BACKGROUND,
     IdentityTransform,
     TorchvisionDetector,
-    TorchvisionModule,
     build_torchvision,
     convert_targets,
     rescale_predictions,
     unpad,
 )
-from pointins.lit_module import DetectionModule, PointINSModule, module_class
-from pointins.runner import build_datamodule, build_trainer
+from pointins.engine.baseline_module import TorchvisionModule
+from pointins.engine.lit_module import DetectionModule, PointINSModule
+from pointins.engine.loading import module_class
+from pointins.engine.runner import build_datamodule, build_trainer
 from pointins.structures import Batch, pad_images
 
 # A model small enough to train a few steps on CPU in seconds; the recipe's width of 64
@@ -239,7 +240,7 @@ def test_dense_baselines_read_p3_to_p7(compose_cfg: Callable, data_dir: Path) ->
 @pytest.mark.parametrize("name", BASELINES)
 def test_baseline_option_selects_the_module_and_its_monitor(compose_cfg, name: str) -> None:
     cfg = compose_cfg(["experiment=shapes", f"baseline={name}"])
-    assert cfg.model._target_ == "pointins.baselines.TorchvisionModule"
+    assert cfg.model._target_ == "pointins.engine.baseline_module.TorchvisionModule"
     assert cfg.model.baseline == name and cfg.model.mask is None
     assert cfg.monitor == ("segm/AP" if name == "maskrcnn" else "bbox/AP")
     choices = cfg.hydra.runtime.choices

@@ -168,7 +168,7 @@ def test_cpu_recipe_trains_on_any_coco_folder(compose_cfg, tmp_path):
 def test_learning_rate_follows_the_total_batch(run, caplog):
     """A recipe written for batch 8, run at 1 device x 2 images: lr x 1/4, warm-up x 4, and
     a warning that the 2-epoch run never reaches the recipe's decays."""
-    with caplog.at_level("INFO", logger="pointins.lit_module"):
+    with caplog.at_level("INFO", logger="pointins.engine.lit_module"):
         _, _, out = run("scaled", ["optim.reference_batch=8", "optim.scheduler.warmup_steps=3"])
     saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(2.5e-4)

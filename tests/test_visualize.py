@@ -8,7 +8,8 @@ import torch
 from torchvision import tv_tensors
 
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transforms
-from pointins.visualize import class_color, denormalize, draw_instances
+from pointins.inference.visualize import class_color, draw_instances
+from pointins.preprocess import denormalize
 
 H, W = 48, 64
 GREY = 100

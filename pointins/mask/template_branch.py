@@ -192,9 +192,10 @@ class BoxTemplateBranch(nn.Module):
     template map. A query's template is that map on the query's own FPN level (the level
     its point lies on, not a level chosen by box size as Mask R-CNN's mapper does)
     RoI-aligned over its target box to ``K x K`` (``torchvision.ops.roi_align``,
-    ``aligned=True``, ``sampling_ratio`` samples per bin and axis). Template cell ``(i, j)`` then holds the evidence under the box's cell
-    ``(i, j)``, where :class:`TemplateBranch` must encode the whole shape in the patch
-    around one point. The instance-aware weights, fusion and mask head are unchanged.
+    ``aligned=True``, ``sampling_ratio`` samples per bin and axis). Template cell
+    ``(i, j)`` then holds the evidence under the box's cell ``(i, j)``, where
+    :class:`TemplateBranch` must encode the whole shape in the patch around one point.
+    The instance-aware weights, fusion and mask head are unchanged.
 
     Args:
         in_channels: ``F``, channels of the PoI features.

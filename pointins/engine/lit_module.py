@@ -15,11 +15,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from pointins.checkpoints import init_from_checkpoint
+from pointins.engine.checkpoints import init_from_checkpoint
+from pointins.engine.schedules import milestones_past_the_end, scale_to_batch
 from pointins.evaluation.coco import log_per_class_table
 from pointins.model import build_model
 from pointins.preprocess import Preprocess
-from pointins.schedules import milestones_past_the_end, scale_to_batch
 
 log = logging.getLogger(__name__)
 
@@ -264,49 +264,3 @@ class PointINSModule(DetectionModule):
         run samples exactly what the uninterrupted run would have."""
         seed = (torch.initial_seed() * 1_000_003 + self.global_step) % 2**63
         return torch.Generator(device=self.device).manual_seed(seed)
-
-
-def module_class(hparams: Mapping[str, Any]) -> type[DetectionModule]:
-    """The LightningModule class that wrote a checkpoint with these hyper-parameters
-    (``checkpoint["hyper_parameters"]``): a torchvision baseline's record its ``baseline``."""
-    if "baseline" in hparams:
-        from pointins.baselines import TorchvisionModule
-
-        return TorchvisionModule
-    return PointINSModule
-
-
-def load_module(
-    path: str | Path, score_thresh: float | None = None, mask_thresh: float | None = None
-) -> DetectionModule:
-    """The trained module in checkpoint ``path`` (PointINS or a torchvision baseline,
-    whichever wrote it), on the CPU, in eval mode. ``score_thresh`` and ``mask_thresh``
-    replace the stored ``detector.postprocess.score_thresh`` and ``mask.mask_thresh``
-    (``None`` keeps them). The backbone's ImageNet weights and ``init_from``'s file are not
-    read again: the checkpoint has the weights."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {str(file)!r} does not exist")
-    saved = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    hparams = saved.get("hyper_parameters")
-    if not hparams or "class_names" not in hparams:
-        raise ValueError(
-            f"{file} is not a checkpoint written by train.py: it has no hyper-parameters "
-            "with class_names"
-        )
-    overrides: dict[str, Any] = {
-        "init_from": None,
-        "backbone": {**hparams["backbone"], "pretrained": False, "checkpoint_path": None},
-    }
-    if score_thresh is not None:
-        detector = hparams["detector"]
-        postprocess = {**detector["postprocess"], "score_thresh": float(score_thresh)}
-        overrides["detector"] = {**detector, "postprocess": postprocess}
-    if mask_thresh is not None:
-        if not hparams.get("mask"):
-            raise ValueError(f"mask_thresh given, but checkpoint {file} has no PointINS masks")
-        overrides["mask"] = {**hparams["mask"], "mask_thresh": float(mask_thresh)}
-    module = module_class(hparams).load_from_checkpoint(
-        file, map_location="cpu", weights_only=True, **overrides
-    )
-    return module.eval()

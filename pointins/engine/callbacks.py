@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
-from pointins.visualize import denormalize
+from pointins.preprocess import denormalize
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class ProgressLines(ProgressBar):
     CUDA memory allocated so far on this device (left out on the CPU). A validation adds a
     line when it starts and one when it ends.
 
-    Lines go through Python logging (logger ``pointins.callbacks``): under Hydra they reach
+    Lines go through Python logging (logger ``pointins.engine.callbacks``): under Hydra they reach
     the console and the run directory's ``train.log``, which stays with the checkpoints.
     """
 

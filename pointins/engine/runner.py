@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from pointins.slurm import cluster_plugins
+from pointins.engine.slurm import cluster_plugins
 
 log = logging.getLogger(__name__)
 

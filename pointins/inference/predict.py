@@ -3,7 +3,7 @@
     python eval.py ckpt_path=FILE predict.input=DIR_OR_IMAGE
 
 The checkpoint supplies the test-time resize and normalisation it was trained with (see
-:class:`~pointins.predictor.Predictor`), so an image is seen exactly as in evaluation.
+:class:`~pointins.inference.predictor.Predictor`), so an image is seen exactly as in evaluation.
 Written into the run directory:
 
 * ``predictions/<image stem>.png``: the image with masks, boxes, class names and scores
@@ -29,7 +29,7 @@ from torchvision.ops import box_convert
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from pointins.predictor import Prediction, Predictor, draw
+from pointins.inference.predictor import Prediction, Predictor, draw
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,11 @@
-"""Drawing detections for people to look at: images back to uint8 pixels, and instances
-(masks, boxes, class names, scores) drawn onto them in a stable colour per class."""
+"""Drawing detections for people to look at: instances (masks, boxes, class names, scores)
+drawn onto uint8 images in a stable colour per class."""
 
 from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
@@ -15,13 +14,6 @@ def class_color(label: int) -> tuple[int, int, int]:
     """A distinct, stable RGB colour per class (hues spaced by the golden ratio)."""
     r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.75, 0.95)
     return int(r * 255), int(g * 255), int(b * 255)
-
-
-def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Normalised float (3, H, W) → uint8 (3, H, W)."""
-    mean_t = torch.tensor(mean, dtype=image.dtype).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
-    return ((image * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def draw_instances(image: Tensor, target: dict[str, Tensor], class_names: Sequence[str]) -> Tensor:

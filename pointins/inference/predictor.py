@@ -29,11 +29,11 @@ from torch import Tensor, nn
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 
 from pointins.evaluation.coco import encode_masks
+from pointins.inference.visualize import draw_instances
 from pointins.preprocess import Preprocess
-from pointins.visualize import draw_instances
 
 if TYPE_CHECKING:
-    from pointins.lit_module import DetectionModule
+    from pointins.engine.lit_module import DetectionModule
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Predictor:
 
     Args:
         model: a network with ``predict(images, image_sizes, orig_sizes)`` (PointINS or a
-            torchvision baseline, as :class:`~pointins.lit_module.DetectionModule` holds).
+            torchvision baseline, as :class:`~pointins.engine.lit_module.DetectionModule` holds).
         preprocess: the resize, normalisation and padding the model was trained with.
         class_names: one per training label.
         category_ids: the dataset's category id of each label (COCO results files).
@@ -168,7 +168,7 @@ class Predictor:
                 (``model.detector.postprocess.score_thresh``) and mask threshold
                 (``model.mask.mask_thresh``); ``None`` keeps them.
         """
-        from pointins.lit_module import load_module  # Lightning only when loading a file
+        from pointins.engine.loading import load_module  # Lightning only when loading a file
 
         module = load_module(path, score_thresh, mask_thresh)
         return cls.from_module(module, device, batch_size, preprocess)
@@ -181,7 +181,7 @@ class Predictor:
         batch_size: int = 4,
         preprocess: Preprocess | Mapping[str, Any] | None = None,
     ) -> Predictor:
-        """The network of a trained module (:func:`~pointins.lit_module.load_module`);
+        """The network of a trained module (:func:`~pointins.engine.loading.load_module`);
         ``device`` and ``preprocess`` as in :meth:`from_checkpoint`."""
         stored = module.preprocess
         if isinstance(preprocess, Preprocess):
