@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,21 +29,19 @@ HOME_FOLDERS = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hermetic_home(tmp_path_factory: pytest.TempPathFactory):
-    """The whole suite, subprocesses included, sees a home folder under pytest's tmp: W&B
-    runs and artifact staging, caches of torch, timm/Hugging Face, inductor and Hydra land
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path factory is configured
+def pytest_configure(config: pytest.Config) -> None:
+    """The whole suite, subprocesses included, sees a home folder under pytest's tmp, set
+    before collection (importing onnxruntime or wandb may already write there): W&B runs and
+    artifact staging, caches of torch, timm/Hugging Face, inductor and onnxruntime land
     there and nothing is read from the user's (no cached weights, no W&B login)."""
-    home = tmp_path_factory.mktemp("home")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("HOME", str(home))
+    home = config._tmp_path_factory.mktemp("home")
+    os.environ["HOME"] = str(home)
     for var, folder in HOME_FOLDERS.items():
         (home / folder).mkdir(parents=True, exist_ok=True)
-        patch.setenv(var, str(home / folder))
+        os.environ[var] = str(home / folder)
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "HF_HUB_CACHE"):
-        patch.delenv(var, raising=False)
-    yield home
-    patch.undo()
+        os.environ.pop(var, None)
 
 
 @pytest.fixture(autouse=True)
