@@ -3,6 +3,7 @@
 #   make test                     create .venv if missing, then run the fast test suite
 #   make test-slow | lint | preview | bench   the slow tests, ruff, a data preview, benchmarks
 #   make compare [ARGS='--seeds 42 43 44']    PointINS against Mask R-CNN at equal wall clock
+#   make bench-gpu                every GPU row of docs/benchmarks.md, one process, one GPU
 #   make clean                    remove caches: .pytest_cache .ruff_cache __pycache__
 #                                 lightning_logs wandb/; runs (outputs/, multirun/) stay
 #   make clean-runs               DELETE outputs/ and multirun/: every run's checkpoints and logs
@@ -15,7 +16,7 @@ ARGS ?=
 # The CPU/CUDA wheels this machine serves from disk; other versions download gigabytes.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv train test test-slow lint preview bench compare clean clean-runs
+.PHONY: venv train test test-slow lint preview bench bench-gpu compare clean clean-runs
 
 venv: $(STAMP)
 
@@ -43,6 +44,9 @@ preview: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench $(ARGS)
+
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu $(ARGS)
 
 compare: $(STAMP)
 	$(PY) -m benchmarks.compare experiment=shapes --also mask=pointins_small $(ARGS)

@@ -254,7 +254,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 def compile_case(case, args, cfg, device) -> dict[str, Any]:
     """PointINS-FCOS trained on the first ``--compile-batches`` batches of the training
     loader (multi-scale: their padded sizes vary), eager or ``torch.compile``d
-    (``model.compile=true``), with or without ``data.size_buckets``: the distinct input
+    (``model.compile=true``; ``case['compile_options']`` go to ``torch.compile``), with or
+    without ``data.size_buckets``: the distinct input
     shapes met, the graphs compiled (``unique_graphs``, recompiles included), the total
     time and the median of the last quarter of the steps (once compiled)."""
     from torch._dynamo.utils import counters
@@ -267,7 +268,7 @@ def compile_case(case, args, cfg, device) -> dict[str, Any]:
     torch._dynamo.reset()
     counters.clear()
     if case["compile"]:
-        model.compile_network()
+        model.compile_network(**case.get("compile_options", {}))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times = []

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.report import cpu_name
+from benchmarks.report import commit, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 POINTINS = "pointins"
@@ -101,21 +101,6 @@ def metrics_of(run_dir: Path) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------- the machine
-def commit() -> str:
-    """``git describe``-like: the HEAD commit, ``+dirty`` with uncommitted changes to tracked
-    files."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return (head or "unknown") + ("+dirty" if dirty else "")
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
@@ -241,7 +226,13 @@ def run_pair(args: argparse.Namespace, seed: int, machine: str, code: str) -> li
             record(
                 run_dir,
                 measured(
-                    run_dir, name, seed, timed, wall, machine=machine, commit=code,
+                    run_dir,
+                    name,
+                    seed,
+                    timed,
+                    wall,
+                    machine=machine,
+                    commit=code,
                     budget_seconds=pointins.train_seconds,
                     schedule={**schedule, "probe_seconds_per_step": step},
                 ),
@@ -322,12 +313,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--baselines", nargs="*", default=["maskrcnn"],
                    choices=["maskrcnn", "fcos", "retinanet"])  # fmt: skip
-    p.add_argument("--also", nargs="*", default=[],
-                   help="PointINS variants as override strings, e.g. 'mask=pointins_small'")
-    p.add_argument("--probe-steps", type=int, default=60,
-                   help="steps of the baseline probe that measures its step time")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default bench_results/compare/<machine>)")
+    p.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        help="PointINS variants as override strings, e.g. 'mask=pointins_small'",
+    )
+    p.add_argument(
+        "--probe-steps",
+        type=int,
+        default=60,
+        help="steps of the baseline probe that measures its step time",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default bench_results/compare/<machine>)",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         args.out = ROOT / "bench_results" / "compare" / slug(cpu_name())

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch.autograd import DeviceType
+from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from pointins.structures import Batch
@@ -99,7 +99,8 @@ def tensor_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
 
     CUDA: the caching allocator's peak statistics. CPU: one call under ``torch.profiler``
     with ``profile_memory``, whose allocation (+) and free (-) events, in time order, add
-    up to the bytes held at each moment.
+    up to the bytes held at each moment; the free of a block allocated before the call is
+    left out (the profiler knows its size once an earlier session in the process saw it).
     """
     if device.type == "cuda":
         sync(device)
@@ -108,12 +109,28 @@ def tensor_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
         return memory.mib
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    changes = sorted(
-        (event.start_ns(), event.nbytes())
-        for event in prof.profiler.kineto_results.events()
-        if event.name() == "[memory]" and event.device_type() == DeviceType.CPU
+    events = sorted(
+        (node.start_time_ns, node.extra_fields.ptr, node.extra_fields.alloc_size)
+        for node in _walk(prof.profiler.kineto_results.experimental_event_tree())
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu"
     )
-    return max(itertools.accumulate((n for _, n in changes), initial=0)) / (1 << 20)
+    live: set[int] = set()
+    changes = []
+    for _, ptr, size in events:
+        if size > 0:
+            live.add(ptr)
+            changes.append(size)
+        elif ptr in live:  # a block allocated before the call gives no credit when freed
+            live.discard(ptr)
+            changes.append(size)
+    return max(itertools.accumulate(changes, initial=0)) / (1 << 20)
+
+
+def _walk(nodes: Iterable[Any]) -> Iterator[Any]:
+    """Every node of the profiler's event tree, depth first."""
+    for node in nodes:
+        yield node
+        yield from _walk(node.children)
 
 
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict:

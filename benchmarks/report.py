@@ -12,15 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.cases import DETECTORS, MASKRCNN, POINTINS
+from benchmarks.cases import DETECTORS, MASKRCNN, POINTINS, recipe
 
 _ISA = (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"),
         ("avx2", "AVX2"))  # fmt: skip
+
+
+#: the ratios of a row whose Mask R-CNN row is not (yet) measured: nan
+NO_BASELINE = {"seconds": float("nan"), "peak_mib": float("nan"), "rss_mib": float("nan")}
 
 
 def cpu_name() -> str:
@@ -39,6 +44,19 @@ def cpu_name() -> str:
         (name for flag, name in _ISA if flag in flags), None
     )  # the widest matrix/vector unit
     return ", ".join(filter(None, (model, f"{os.cpu_count()} cores", isa)))
+
+
+def commit() -> str:
+    """``git describe``-like: the HEAD commit, ``+dirty`` with uncommitted changes to tracked
+    files."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    return (head or "unknown") + ("+dirty" if dirty else "")
 
 
 def machine() -> str:
@@ -95,14 +113,26 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             f"| {res['detections_per_image']:.0f} |"
         )
     shares = []
-    for det in DETECTORS:
-        full, plain = (
-            find(kind="infer", model=f"pointins-{det}", amp=False),
-            find(kind="infer", model=det, amp=False),
-        )
-        if full and plain:
-            share = 1 - plain["seconds"] / full["seconds"]
-            shares.append(f"- PointINS-{det}: {100 * share:.1f} %")
+    recipe_read = f"{recipe(args).model.mask.template_from} templates"
+    for amp in (False, True):
+        for det in DETECTORS:
+            plain = find(kind="infer", model=det, amp=amp)
+            full = [(recipe_read, find(kind="infer", model=f"pointins-{det}", amp=amp))]
+            full += [
+                (case["variant"], res)
+                for case, res in results
+                if case["kind"] == "infer"
+                and case.get("model") == f"pointins-{det}"
+                and case.get("amp", False) == amp
+                and case.get("variant", "").endswith(" templates")
+                and "table" not in case
+            ]
+            shares += [
+                f"- PointINS-{det}, {read}, {precision[amp]}: "
+                f"{100 * (1 - plain['seconds'] / res['seconds']):.1f} %"
+                for read, res in full
+                if plain and res
+            ]
     if shares:
         lines += ["", "Mask module share of PointINS inference (1 − t(mask=none) / t(PointINS)):"]
         lines += ["", *shares]
@@ -119,7 +149,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     for case, res in results:
         if case["kind"] == "train":
             amp = case.get("amp", False)
-            base = find(kind="train", model=MASKRCNN, amp=amp)
+            base = find(kind="train", model=MASKRCNN, amp=amp) or NO_BASELINE
             label = " + ".join([case["model"], *filter(None, [case.get("variant")])])
             lines.append(
                 f"| {label} | {precision[amp]} | {res['seconds']:.3f} "

@@ -181,3 +181,29 @@ def test_compile_runs_are_opt_in_and_count_shapes_and_graphs(tmp_path) -> None:
     assert compiled[2]["overrides"] == ["data.size_buckets=[128]"]
     eager = _run(compiled[0], tmp_path, "--compile-batches", "2", "data.train_scales=[64,96]")
     assert eager["graphs"] == 0 and 1 <= eager["shapes"] <= 2 and eager["total_seconds"] > 0
+
+
+def test_mask_share_is_reported_for_each_template_read_and_precision() -> None:
+    from benchmarks.report import report
+
+    args = bench.parse_args(["--amp", "--only", "infer"])  # the demo: box templates
+
+    def infer(model: str, seconds: float, amp: bool, **extra) -> tuple[dict, dict]:
+        case = {"kind": "infer", "model": model, "amp": amp, **extra}
+        return case, {"seconds": seconds, "images_per_second": 1 / seconds, "peak_mib": 1.0,
+                      "detections_per_image": 100}  # fmt: skip
+
+    results = []
+    for amp, scale in ((False, 1.0), (True, 0.5)):
+        results += [
+            infer("maskrcnn", 4 * scale, amp),
+            infer("fcos", 0.8 * scale, amp),
+            infer("pointins-fcos", 1.0 * scale, amp),
+            infer("pointins-fcos", 1.6 * scale, amp, variant="point templates"),
+        ]
+    table = report(args, results)
+    # 1 - t(mask=none) / t(PointINS), per template read and precision
+    assert "- PointINS-fcos, box templates, fp32: 20.0 %" in table
+    assert "- PointINS-fcos, point templates, fp32: 50.0 %" in table
+    assert "- PointINS-fcos, box templates, bf16 autocast: 20.0 %" in table
+    assert "| pointins-fcos | fp32 | 1.00 | 4.00 |" in table  # × Mask R-CNN at its precision
