@@ -59,6 +59,7 @@ _PARTS = (
     "detector.head",
     "detector.assigner",
     "detector.loss",
+    "detector.postprocess",
     "mask",
     "mask.template_branch",
     "mask.weight_branch",
