@@ -154,17 +154,6 @@ def _run(case: dict, tmp_path, *extra: str) -> dict:
     return cases.run_case({**case, "args": vars(args)})
 
 
-def test_training_rows_say_how_many_masks_each_model_trained_on(tmp_path) -> None:
-    """Mask R-CNN's RoI heads sample 512 RoIs per image with up to 128 positives, as in
-    real training; PointINS's mask samples are counted too."""
-    maskrcnn = _run({"kind": "train", "model": "maskrcnn"}, tmp_path)
-    assert maskrcnn["sampled_rois_per_image"] == [512, 512]
-    assert all(0 < m <= 128 for m in maskrcnn["mask_rois_per_image"])
-    pointins = _run({"kind": "train", "model": "pointins-fcos"}, tmp_path)
-    assert all(0 < m <= 128 for m in pointins["mask_rois_per_image"])
-    assert "sampled_rois_per_image" not in pointins
-
-
 def test_onnxruntime_row_returns_the_same_detection_count(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     case = {"kind": "infer", "model": "pointins-fcos", "variant": "onnxruntime"}
@@ -173,14 +162,13 @@ def test_onnxruntime_row_returns_the_same_detection_count(tmp_path) -> None:
     assert result["detections_per_image"] == 20 and result["images_per_second"] > 0
 
 
-def test_compile_runs_are_opt_in_and_count_shapes_and_graphs(tmp_path) -> None:
+def test_compile_runs_are_opt_in() -> None:
     assert not [c for c in cases.plan(bench.parse_args(TINY)) if c["kind"] == "compile"]
     planned = cases.plan(bench.parse_args([*TINY, "--compile", "--size-buckets", "128"]))
     compiled = [c for c in planned if c["kind"] == "compile"]
     assert [c["variant"] for c in compiled] == ["eager", "compile", "compile + size buckets"]
     assert compiled[2]["overrides"] == ["data.size_buckets=[128]"]
-    eager = _run(compiled[0], tmp_path, "--compile-batches", "2", "data.train_scales=[64,96]")
-    assert eager["graphs"] == 0 and 1 <= eager["shapes"] <= 2 and eager["total_seconds"] > 0
+    # the runs themselves: tests/test_bench_gpu.py (make bench-gpu runs them on a CPU)
 
 
 def test_mask_share_is_reported_for_each_template_read_and_precision() -> None:

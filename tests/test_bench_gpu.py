@@ -40,9 +40,19 @@ def test_tiny_run_measures_every_section_and_writes_one_table(tmp_path) -> None:
                 assert result["seconds"] > 0 and result["peak_mib"] > 0, row["case"]
             if row["case"]["kind"] == "infer":  # the fixed detection count in every model
                 assert result["detections_per_image"] == 20, row["case"]
+    # Mask R-CNN's RoI heads sample 512 RoIs per image with up to 128 positives, as in real
+    # training; PointINS's mask samples are counted too
+    trained = {r["case"]["model"]: r["result"] for r in saved["sections"][1]["results"]}
+    assert trained["maskrcnn"]["sampled_rois_per_image"] == [512, 512]
+    assert all(0 < m <= 128 for m in trained["maskrcnn"]["mask_rois_per_image"])
+    assert all(0 < m <= 128 for m in trained["pointins-fcos"]["mask_rois_per_image"])
+    assert "sampled_rois_per_image" not in trained["pointins-fcos"]
+    # eager and compiled on the multi-scale loader's first batches (train scales 64 and 96)
     compiled = {r["case"]["variant"]: r["result"] for r in saved["sections"][-1]["results"]}
     assert set(compiled) == {"eager", "compile + size buckets"}
-    assert compiled["eager"]["graphs"] == 0 and compiled["compile + size buckets"]["graphs"] > 0
+    eager, bucketed = compiled["eager"], compiled["compile + size buckets"]
+    assert eager["graphs"] == 0 and 1 <= eager["shapes"] <= 2 and eager["total_seconds"] > 0
+    assert bucketed["shapes"] == 1 and bucketed["graphs"] > 0  # every side padded to 128
 
 
 def test_gpu_sections_are_the_papers_models_at_the_papers_size() -> None:
