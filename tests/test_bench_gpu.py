@@ -25,13 +25,13 @@ def test_tiny_run_measures_every_section_and_writes_one_table(tmp_path) -> None:
         assert f"| pointins-fcos | {precision} |" in batch_1
         assert f"| maskrcnn | {precision} |" in batch_1
         assert f"- PointINS-fcos, box templates, {precision}:" in batch_1
-    assert "| pointins-retinanet | fp32 |" in table.split("### Training, batch 4")[1]
+    assert "| pointins-retinanet | fp32 |" in table.split("### Training, batch 2")[1]
     assert "| compile + size buckets |" in table and "| eager |" in table
     saved = json.loads((out / "bench_gpu.json").read_text())
     assert [s["title"] for s in saved["sections"]] == titles
     assert saved["commit"] and saved["seconds"] > 0
     batch = {s["title"]: s["args"]["batch_size"] for s in saved["sections"]}
-    assert batch["Inference, batch 1"] == 1 and batch["Inference, batch 4"] == 4
+    assert batch["Inference, batch 1"] == 1 and batch["Inference, batch 2"] == 2
     for section in saved["sections"]:
         assert section["results"], section["title"]
         for row in section["results"]:
