@@ -11,6 +11,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 from pointins.engine import precision as _precision  # noqa: E402, F401  (registers ${fastest_precision:})
 from pointins.engine import slurm as _slurm  # noqa: E402, F401  (registers ${slurm_count:})
+from pointins.engine import workers as _workers  # noqa: E402, F401  (registers ${spare_core_workers:})
 
 __all__ = ["Prediction", "Predictor", "Preprocess", "draw"]
 
