@@ -37,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +119,7 @@ def section_cases(args: argparse.Namespace, tiny: bool) -> list[dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tiny", action="store_true", help="every section at a tiny size")
+    p.add_argument("--tiny", action="store_true", help="the sections at a tiny size (the test)")
     p.add_argument("--budget-s", type=float, default=480, help="start no section after this")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_gpu")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of every section's recipe")
@@ -148,12 +149,13 @@ def write(out: Path, head: dict[str, Any], done: list[dict[str, Any]], skipped: 
 def main(argv: Sequence[str] | None = None) -> str:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     own = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # as make bench: no profiler chatter
     start = time.perf_counter()
     head = {
         "machine": machine() if own.device != "cpu" else f"CPU ({machine()})",
         "commit": commit(),
-        "command": "python -m benchmarks.gpu " + " ".join(argv if argv is not None else []),
+        "command": " ".join(["python -m benchmarks.gpu", *argv]),
         "budget_s": own.budget_s,
     }
     done: list[dict[str, Any]] = []

@@ -30,6 +30,7 @@ def test_tiny_run_measures_every_section_and_writes_one_table(tmp_path) -> None:
     saved = json.loads((out / "bench_gpu.json").read_text())
     assert [s["title"] for s in saved["sections"]] == titles
     assert saved["commit"] and saved["seconds"] > 0
+    assert saved["command"].startswith("python -m benchmarks.gpu --tiny --device cpu")
     batch = {s["title"]: s["args"]["batch_size"] for s in saved["sections"]}
     assert batch["Inference, batch 1"] == 1 and batch["Inference, batch 2"] == 2
     for section in saved["sections"]:
