@@ -115,14 +115,20 @@ def build(name: str, cfg: DictConfig, num_classes: int, detections: int) -> nn.M
     return TorchvisionDetector("maskrcnn", net)
 
 
-def sample_batch(cfg: DictConfig, train: bool, batch_size: int) -> tuple[Batch, list[str]]:
-    """One batch of the embedded data (train: with targets and augmentation)."""
+def batch_reader(cfg: DictConfig, train: bool) -> tuple[Callable[[int], Batch], list[str]]:
+    """``read(batch_size)``: the first images of the embedded split, read, augmented (train)
+    and collated, as the loader does; and the class names."""
     dm = build_datamodule(cfg)
     dm.setup("fit" if train else "validate")
     dataset = dm.train_dataset if train else dm.val_dataset
-    samples = [dataset[i] for i in range(batch_size)]
     collate = dm.train_collate if train else dm.collate
-    return collate(samples), dm.class_names
+    return lambda batch_size: collate([dataset[i] for i in range(batch_size)]), dm.class_names
+
+
+def sample_batch(cfg: DictConfig, train: bool, batch_size: int) -> tuple[Batch, list[str]]:
+    """One batch of the embedded data (train: with targets and augmentation)."""
+    read, class_names = batch_reader(cfg, train)
+    return read(batch_size), class_names
 
 
 def inference_fn(name: str, model: nn.Module, batch: Batch) -> Callable[[], list[dict]]:

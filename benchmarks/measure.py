@@ -100,7 +100,8 @@ def tensor_peak_mib(fn: Callable[[], Any], device: torch.device) -> float:
     CUDA: the caching allocator's peak statistics. CPU: one call under ``torch.profiler``
     with ``profile_memory``, whose allocation (+) and free (-) events, in time order, add
     up to the bytes held at each moment; the free of a block allocated before the call is
-    left out (the profiler knows its size once an earlier session in the process saw it).
+    left out (the profiler knows that block's size when an earlier profiler run in this
+    process saw it allocated).
     """
     if device.type == "cuda":
         sync(device)

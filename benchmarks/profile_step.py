@@ -53,14 +53,12 @@ _METHODS = (
     ("mask", "forward"),
 )
 #: parts of a PointINS model labelled ``pi::<path>``: a module's forward, a callable object
+#: (the detector's loss, post-processing and the mask module carry their method labels)
 _PARTS = (
     "backbone",
     "neck",
     "detector.head",
     "detector.assigner",
-    "detector.loss",
-    "detector.postprocess",
-    "mask",
     "mask.template_branch",
     "mask.weight_branch",
     "mask.fusion",
@@ -72,16 +70,16 @@ STAGES = (
     ("FPN", "pi::neck", False),
     ("towers (detector head)", "pi::detector.head", False),
     ("assignment", "pi::detector.assigner", False),
-    ("detector losses", "pi::detector.loss", False),
+    ("detector losses", "pi::DenseDetector.loss", False),
     ("query sampling", "pi::sample_queries", False),
     ("mask targets", "pi::mask_targets", False),
-    ("mask module", "pi::mask", False),
+    ("mask module", "pi::InstanceAwareMask.forward", False),
     ("template read", "pi::mask.template_branch", True),
     ("instance-aware weights", "pi::mask.weight_branch", True),
     ("dynamic conv", "pi::mask.fusion", True),
     ("mask head", "pi::mask.head", True),
     ("mask loss", "pi::mask_loss", False),
-    ("post-processing", "pi::detector.postprocess", False),
+    ("post-processing", "pi::DenseDetector.postprocess", False),
     ("paste", "pi::paste_masks", False),
     ("backward", "autograd::engine::evaluate_function", False),
     ("optimiser", "Optimizer.step", False),
@@ -117,9 +115,9 @@ def _labelled(fn, label: str):
 @contextlib.contextmanager
 def labelled_stages(model: nn.Module) -> Iterator[None]:
     """Label PointINS's stages while the block runs (a torchvision model has none): the
-    functions of :data:`_FUNCTIONS` as ``pi::<name>``, the parts of :data:`_METHODS` as
-    ``pi::<path>`` (a module's ``forward``, a callable part as a whole) and the methods as
-    ``pi::<Class>.<method>``."""
+    functions of :data:`_FUNCTIONS` as ``pi::<name>``, the methods of :data:`_METHODS` as
+    ``pi::<Class>.<method>`` and the parts of :data:`_PARTS` as ``pi::<path>`` (a module's
+    ``forward``, a callable part as a whole)."""
     undo = []
 
     def swap(owner: object, name: str, value: object) -> None:
@@ -168,11 +166,8 @@ def stage_table(events, steps: int, step_seconds: float, data_seconds: float | N
     totals: dict[str, float] = {}
     for event in events:
         for _, label, _ in STAGES:
-            if (
-                event.key == label
-                or event.key.startswith(label + "#")
-                or (label.startswith("autograd::") and event.key.startswith(label))
-            ):
+            # "Optimizer.step#AdamW.step", "autograd::engine::evaluate_function: XBackward0"
+            if event.key == label or event.key.startswith((label + "#", label + ":")):
                 totals[label] = totals.get(label, 0.0) + event.cpu_time_total / 1000 / steps
     lines = ["| stage | ms per call | share |", "|---|---:|---:|"]
     for stage, label, nested in STAGES:
@@ -190,11 +185,13 @@ def stage_table(events, steps: int, step_seconds: float, data_seconds: float | N
 
 
 def data_seconds(cfg, train: bool, batch_size: int, repeats: int = 3) -> float:
-    """Median seconds to read, augment and collate one batch in this process."""
+    """Median seconds to read, augment and collate one batch in this process (the
+    datamodule built once, as a loader's)."""
+    read, _ = cases.batch_reader(cfg, train)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        cases.sample_batch(cfg, train, batch_size)
+        read(batch_size)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from tiny import TINY_MODEL
 
 import train as train_entry
 
@@ -43,12 +44,7 @@ GATE = [
     "data.val_batch_size=2",
     "data.num_workers=0",
     # FPN and towers 32 wide, one conv per tower, 16x16 masks, mask head 16 wide
-    "model.neck.out_channels=32",
-    "model.detector.head.conv_dim=32",
-    "model.detector.head.num_convs=1",
-    "model.mask.K=8",
-    "model.mask.mask_dim=16",
-    "model.mask.head_convs=1",
+    *TINY_MODEL,
     "optim.optimizer.lr=3e-3",
     "+optim.optimizer.fused=true",  # one kernel per step instead of one per tensor and op
     "optim.auto_scale_lr=false",
