@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) train.py experiment=shapes $(ARGS)
 
+# one pytest worker per core, at most 8, each computing on one thread (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 8 $(ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[var] = str(home / folder)
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "HF_HUB_CACHE"):
         os.environ.pop(var, None)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker (make test: one per core)
+        # One OpenMP thread per worker and per subprocess it starts: workers that each spun
+        # a thread per core would wait on each other's cores.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
