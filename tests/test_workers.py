@@ -19,3 +19,14 @@ def test_the_demo_recipe_asks_for_it(compose_cfg) -> None:
     cfg = compose_cfg(["experiment=shapes"])
     assert OmegaConf.to_container(cfg.data)["num_workers"] == "${spare_core_workers:2}"
     assert cfg.data.num_workers == workers.spare_core_workers(2)
+
+
+def test_each_resolution_is_logged_once(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 7)
+    workers._announce.cache_clear()
+    cfg = OmegaConf.create({"num_workers": "${spare_core_workers:3}"})
+    with caplog.at_level("INFO", logger=workers.__name__):
+        assert [cfg.num_workers for _ in range(3)] == [3, 3, 3]
+    assert [r.getMessage() for r in caplog.records] == [
+        "${spare_core_workers:3} resolved to 3 (7 CPUs)"
+    ]

@@ -10,6 +10,7 @@ augmentation are seeded per sample.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -32,8 +33,14 @@ def spare_core_workers(workers: int | str) -> int:
     """``workers`` where more than :data:`FEW_CPUS` CPUs are usable, else 0."""
     cpus = usable_cpus()
     chosen = int(workers) if cpus > FEW_CPUS else 0
-    log.info("${spare_core_workers:%s} resolved to %d (%d CPUs)", workers, chosen, cpus)
+    _announce(str(workers), chosen, cpus)
     return chosen
+
+
+@functools.cache
+def _announce(workers: str, chosen: int, cpus: int) -> None:
+    """Log a resolution once: OmegaConf resolves the key at every read of it."""
+    log.info("${spare_core_workers:%s} resolved to %d (%d CPUs)", workers, chosen, cpus)
 
 
 OmegaConf.register_new_resolver("spare_core_workers", spare_core_workers, replace=True)
