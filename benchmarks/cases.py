@@ -116,13 +116,27 @@ def build(name: str, cfg: DictConfig, num_classes: int, detections: int) -> nn.M
 
 
 def batch_reader(cfg: DictConfig, train: bool) -> tuple[Callable[[int], Batch], list[str]]:
-    """``read(batch_size)``: the first images of the embedded split, read, augmented (train)
-    and collated, as the loader does; and the class names."""
+    """``read(batch_size)``: images of the embedded split read, augmented (train) and
+    collated as the loaders do, and the class names. Validation batches are the first
+    images in file order, as the validation loader takes them; a training batch is the
+    first images of the first image's orientation, as the training loader groups them (a
+    landscape and a portrait image padded together would make a larger input than any
+    training step sees)."""
     dm = build_datamodule(cfg)
     dm.setup("fit" if train else "validate")
     dataset = dm.train_dataset if train else dm.val_dataset
     collate = dm.train_collate if train else dm.collate
-    return lambda batch_size: collate([dataset[i] for i in range(batch_size)]), dm.class_names
+    indices = list(range(len(dataset)))
+    if train:
+        orientations = dataset.orientations()  # the training loader's batch groups
+        indices = [i for i in indices if orientations[i] == orientations[0]]
+
+    def read(batch_size: int) -> Batch:
+        if batch_size > len(indices):
+            raise ValueError(f"a batch of {batch_size} from {len(indices)} images")
+        return collate([dataset[i] for i in indices[:batch_size]])
+
+    return read, dm.class_names
 
 
 def sample_batch(cfg: DictConfig, train: bool, batch_size: int) -> tuple[Batch, list[str]]:

@@ -195,3 +195,26 @@ def test_mask_share_is_reported_for_each_template_read_and_precision() -> None:
     assert "- PointINS-fcos, point templates, fp32: 50.0 %" in table
     assert "- PointINS-fcos, box templates, bf16 autocast: 20.0 %" in table
     assert "| pointins-fcos | fp32 | 1.00 | 4.00 |" in table  # × Mask R-CNN at its precision
+
+
+def test_a_training_batch_is_of_one_orientation_as_the_loader_groups_them(tmp_path) -> None:
+    """The benchmarked training step's batch is what a training step can see: images of
+    one orientation (landscape or portrait), the first of the split that share the first
+    image's; validation batches keep file order, as the validation loader."""
+    from tiny import TINY_DATA
+
+    overrides = [*TINY_DATA, "data.num_train=16", f"paths.data_dir={tmp_path}"]
+    cfg = cases.compose_config(overrides, experiment=None)
+    read, _ = cases.batch_reader(cfg, train=True)
+    dm = cases.build_datamodule(cfg)
+    dm.setup("fit")
+    orientations = dm.train_dataset.orientations()
+    assert len(set(orientations)) == 2  # both kinds exist, so a mixed batch was possible
+    first = [i for i, o in enumerate(orientations) if o == orientations[0]][:4]
+    expected = dm.train_collate([dm.train_dataset[i] for i in first])
+    assert read(4).image_ids == expected.image_ids
+    landscape = [w > h for h, w in read(4).image_sizes]
+    assert len(set(landscape)) == 1
+    dm.setup("validate")
+    in_file_order = dm.collate([dm.val_dataset[i] for i in range(2)])
+    assert cases.batch_reader(cfg, train=False)[0](2).image_ids == in_file_order.image_ids
