@@ -154,6 +154,7 @@ def _run(case: dict, tmp_path, *extra: str) -> dict:
     return cases.run_case({**case, "args": vars(args)})
 
 
+@pytest.mark.slow  # an ONNX export: half a minute; make test exports and runs it in test_export
 def test_onnxruntime_row_returns_the_same_detection_count(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     case = {"kind": "infer", "model": "pointins-fcos", "variant": "onnxruntime"}

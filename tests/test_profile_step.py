@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from test_bench import TINY  # the bench's tiny setting
 
 import pointins.mask.sampling as sampling_module
 from benchmarks import profile_step
 
 
+@pytest.mark.slow  # a profiled training step and inference call: half a minute on 2 cores
 def test_training_step_tables_name_the_stages_and_the_waits(tmp_path) -> None:
     before = sampling_module.sample_queries
     text = profile_step.main(
