@@ -133,7 +133,11 @@ def batch_reader(cfg: DictConfig, train: bool) -> tuple[Callable[[int], Batch], 
 
     def read(batch_size: int) -> Batch:
         if batch_size > len(indices):
-            raise ValueError(f"a batch of {batch_size} from {len(indices)} images")
+            split = "training images of one orientation" if train else "validation images"
+            raise ValueError(
+                f"a batch of {batch_size} needs as many {split}; the data has {len(indices)}: "
+                "lower the batch size or raise data.num_train / data.num_val"
+            )
         return collate([dataset[i] for i in indices[:batch_size]])
 
     return read, dm.class_names
