@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,9 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):  # a pytest-xdist worker (make test: one per core)
         # One OpenMP thread per worker and per subprocess it starts: workers that each spun
         # a thread per core would wait on each other's cores.
+        # Set before any test module imports torch, which reads them once.
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
