@@ -37,8 +37,9 @@ model and changes only what the comparison needs to be equal):
   ``prior_prob``.
 * RetinaNet: 9 anchors 4·s·2^{0,1/3,2/3} × ratios (0.5, 1, 2) per level (paper §3.1); the
   towers, fixed at 4 convs in torchvision, are cut to ``num_convs`` (slicing their
-  ``nn.Sequential``), with GroupNorm(32) when the recipe's ``group_norm`` is set
-  (torchvision's ``retinanet_resnet50_fpn_v2`` head).
+  ``nn.Sequential``); when the recipe's ``group_norm`` is set, GroupNorm(32) in the towers
+  and the GIoU box loss (torchvision's ``retinanet_resnet50_fpn_v2`` head), else plain
+  towers and the L1 box loss (``retinanet_resnet50_fpn``).
 * Mask R-CNN: torchvision's ``maskrcnn_resnet50_fpn`` layout on the body's C2–C5:
   ``FeaturePyramidNetwork`` P2–P5 with ``LastLevelMaxPool`` (P6 = max-pooled P5, for the
   RPN only), RPN anchors 32..512 × (0.5, 1, 2) on P2–P6, RoIAlign (box 7×7, mask 14×14,
@@ -221,11 +222,15 @@ def build_retinanet(pyramid: PyramidBackbone, detector: Mapping, num_classes: in
         sizes=tuple(tuple(4 * s * 2 ** (i / 3) for i in range(3)) for s in pyramid.strides),
         aspect_ratios=((0.5, 1.0, 2.0),) * len(pyramid.strides),
     )
-    # GroupNorm(32) in the towers when the recipe's detector has it (torchvision's v2 head)
-    norm = partial(nn.GroupNorm, 32) if detector["head"]["group_norm"] else None
+    # GroupNorm(32) in the towers when the recipe's detector has it: torchvision's v2 head,
+    # which retinanet_resnet50_fpn_v2 trains with the GIoU box loss
+    v2 = bool(detector["head"]["group_norm"])
+    norm = partial(nn.GroupNorm, 32) if v2 else None
     head = RetinaNetHead(
         pyramid.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm
     )
+    if v2:
+        head.regression_head._loss_type = "giou"
     _set_prior(head.classification_head.cls_logits, detector["head"]["prior_prob"])
     num_convs = int(detector["head"]["num_convs"])
     head.classification_head.conv = head.classification_head.conv[:num_convs]

@@ -186,6 +186,12 @@ def test_models_follow_the_recipe(compose_cfg: Callable, data_dir: Path) -> None
     # the recipe's tower normalisation (GroupNorm in experiment=shapes) is torchvision's too
     has_gn = any(isinstance(m, torch.nn.GroupNorm) for m in retina.head.modules())
     assert has_gn == bool(cfg.model.detector.head.group_norm)
+    # torchvision's v2 model trains its GroupNorm head with GIoU, v1's plain head with L1
+    assert retina.head.regression_head._loss_type == ("giou" if has_gn else "l1")
+    plain = {**parts["detector"], "head": {**parts["detector"]["head"], "group_norm": False}}
+    v1 = build_torchvision("retinanet", parts["backbone"], parts["neck"], plain, 8)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in v1.head.modules())
+    assert v1.head.regression_head._loss_type == "l1"
     assert retina.anchor_generator.num_anchors_per_location() == [9] * 5
     octave = (32, 32 * 2 ** (1 / 3), 32 * 2 ** (2 / 3))
     assert retina.anchor_generator.sizes[0] == pytest.approx(octave)

@@ -319,7 +319,9 @@ def mask_targets(
     ``aligned=True`` (pixel ``(i, j)`` covers ``[j, j+1] x [i, i+1]``, the box convention
     of the package) and ``sampling_ratio`` bilinear samples per bin side (2 by default: a
     fixed 2x2 samples per output pixel, cheap and deterministic; ``0`` = adaptive,
-    averaging more samples for big boxes). The result is thresholded at 0.5.
+    averaging more samples for big boxes, as detectron2's ``BitMasks.crop_and_resize`` and
+    torchvision's Mask R-CNN crop theirs: on a large box a thin part may then fall between
+    the fixed samples of its bin). The result is thresholded at 0.5.
 
     Only one image's referenced masks are ever float at a time, at its own size: a
     target does not depend on the other images of the batch, and the transient is
