@@ -45,7 +45,7 @@ from pointins.preprocess import Preprocess
 
 logger = logging.getLogger(__name__)
 
-_TOP_LEVEL_KEYS = ("images", "annotations", "categories")
+_TOP_LEVEL_KEYS = ("images", "categories")  # "annotations" absent: an image-info file
 _IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "segmentation")
 
@@ -69,7 +69,13 @@ class Categories:
 
 
 def load_coco_json(ann_file: str) -> dict[str, Any]:
-    """Parse a COCO annotation file and check its top-level keys."""
+    """Parse a COCO annotation file and check its top-level keys.
+
+    A file without ``"annotations"`` is an image-info file (COCO's
+    ``image_info_test-dev2017.json``): its images are predicted, and the evaluator writes
+    the results for the evaluation server instead of scoring them. It is read with an
+    empty ``"annotations"`` list, so it trains nothing (the training split then stops,
+    naming the file)."""
     if not os.path.isfile(ann_file):
         raise DatasetError(f"annotation file not found: {ann_file}")
     try:
@@ -83,8 +89,16 @@ def load_coco_json(ann_file: str) -> dict[str, Any]:
     if missing:
         raise DatasetError(
             f"{ann_file}: missing top-level key(s) {missing}; a COCO instances file needs "
-            f"{list(_TOP_LEVEL_KEYS)} (an empty list is fine for 'annotations')"
+            f"{list(_TOP_LEVEL_KEYS)} and 'annotations' (an image-info file may leave "
+            "'annotations' out)"
         )
+    if "annotations" not in data:
+        logger.info(
+            "%s: no 'annotations' (an image-info file): its %d images are predicted, not scored",
+            ann_file,
+            len(data["images"]),
+        )
+        data["annotations"] = []
     return data
 
 
@@ -249,9 +263,12 @@ class CocoInstanceDataset(Dataset):
     An item is ``(image, target, meta)``: ``image`` a ``tv_tensors.Image`` (3, h, w) uint8
     (float once normalised by ``transforms``), ``target`` ``{"boxes": BoundingBoxes XYXY,
     "masks": Mask (n, h, w) uint8, "labels": (n,) int64}``, ``meta`` ``{"image_id": int,
-    "orig_size": (H0, W0)}``. Crowd annotations are never targets (they stay in the file
-    for the evaluator). Instances with a box under 1 px or an empty mask are dropped and
-    counted in a log line. Images left without instances are dropped unless ``keep_empty``.
+    "orig_size": (H0, W0), "instances_dropped": int}``, the last the instances the
+    transforms removed (a box under 1 px after crop and resize), which training logs as
+    ``data/instances_dropped`` per epoch. Crowd annotations are never targets (they stay
+    in the file for the evaluator). Instances with a box under 1 px or an empty mask are
+    dropped and counted in a log line. Images left without instances are dropped unless
+    ``keep_empty``.
     """
 
     # why an image counts as empty (it is then dropped unless keep_empty)
@@ -353,6 +370,7 @@ class CocoInstanceDataset(Dataset):
         record = self._records[index]
         image = self._load_image(record)
         target = self._load_target(record)
+        loaded = len(target["labels"])
         if self.transforms is not None:
             if seed is None:
                 image, target = self.transforms(image, target)
@@ -360,7 +378,11 @@ class CocoInstanceDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     image, target = self.transforms(image, target)
-        meta = {"image_id": record["id"], "orig_size": (record["height"], record["width"])}
+        meta = {
+            "image_id": record["id"],
+            "orig_size": (record["height"], record["width"]),
+            "instances_dropped": loaded - len(target["labels"]),
+        }
         return image, target, meta
 
     def _load_image(self, record: Mapping[str, Any]) -> tv_tensors.Image:

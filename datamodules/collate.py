@@ -45,4 +45,5 @@ class Collate:
             orig_sizes=[tuple(int(s) for s in meta["orig_size"]) for _, _, meta in samples],
             image_ids=[int(meta["image_id"]) for _, _, meta in samples],
             targets=[{k: v.as_subclass(Tensor) for k, v in t.items()} for _, t, _ in samples],
+            instances_dropped=sum(int(meta.get("instances_dropped", 0)) for _, _, meta in samples),
         )

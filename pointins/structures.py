@@ -153,6 +153,7 @@ class Batch:
     orig_sizes: list[tuple[int, int]]  # (H0, W0) of the image files
     image_ids: list[int]  # dataset (COCO) image ids
     targets: list[dict[str, Tensor]]  # "boxes" (n, 4) xyxy, "labels" (n,), "masks" (n, h, w)
+    instances_dropped: int = 0  # instances the augmentation removed (box under 1 px)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -165,6 +166,7 @@ class Batch:
             orig_sizes=self.orig_sizes,
             image_ids=self.image_ids,
             targets=[{k: v.pin_memory() for k, v in t.items()} for t in self.targets],
+            instances_dropped=self.instances_dropped,
         )
 
 

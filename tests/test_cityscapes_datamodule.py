@@ -119,7 +119,7 @@ def test_targets_have_the_coco_structure(root: Path) -> None:
     ds = CityscapesInstanceDataset(str(root), "val")
     image, target, meta = ds[0]
     assert image.shape == (3, H, W) and image.dtype == torch.uint8
-    assert meta == {"image_id": 0, "orig_size": (H, W)}
+    assert meta == {"image_id": 0, "orig_size": (H, W), "instances_dropped": 0}
     assert target["labels"].tolist() == [0, 0, 2]  # person, person, car
     assert target["masks"].dtype == torch.uint8 and target["masks"].shape == (3, H, W)
     assert target["boxes"].tolist() == [[2, 5, 8, 15], [10, 5, 13, 15], [20, 20, 40, 30]]

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from datamodules.coco import CocoDataModule, CocoInstanceDataset, DatasetError
-from datamodules.collate import Batch
+from datamodules.collate import Batch, Collate
 from datamodules.preview import class_color, render_preview
 from datamodules.preview import main as preview_main
+from datamodules.transforms import build_train_transforms
 
 H, W = 24, 32
 # Non-contiguous ids listed out of order: sorted ids 3, 7, 42 → labels 0, 1, 2.
@@ -105,7 +106,7 @@ def datamodule(root: Path, **kwargs: Any) -> CocoDataModule:
 
 def test_polygon_masks_decode_to_expected_pixels(tmp_path: Path) -> None:
     _, target, meta = item_by_id(dataset(tmp_path), 1)
-    assert meta == {"image_id": 1, "orig_size": (H, W)}
+    assert meta == {"image_id": 1, "orig_size": (H, W), "instances_dropped": 0}
     expected = torch.zeros((2, H, W), dtype=torch.uint8)
     expected[0, 3:8, 2:10] = 1  # polygon corners on pixel edges: rows 3..7, columns 2..9
     expected[1, 10:20, 12:22] = 1
@@ -201,6 +202,20 @@ def test_polygon_rasterising_to_nothing_dropped_at_load_and_logged(
     assert "[20]" in caplog.text and "ann.json" in caplog.text
 
 
+def test_instances_the_augmentation_removes_are_counted(tmp_path: Path) -> None:
+    """Resized to half, the 1-px-wide instances of images 2 and 3 have boxes under 1 px:
+    the transforms drop them, each sample says how many, and the batch sums them."""
+    ds = dataset(tmp_path, transforms=build_train_transforms([H // 2], 1000, hflip_prob=0.0))
+    dropped = {}
+    for i in range(len(ds)):
+        _, target, meta = ds[i]
+        dropped[meta["image_id"]] = meta["instances_dropped"]
+        if meta["image_id"] in (2, 3):
+            assert len(target["labels"]) == 0
+    assert dropped == {1: 0, 2: 1, 3: 1, 4: 0, 5: 0}
+    assert Collate()([ds[i] for i in range(len(ds))]).instances_dropped == 2
+
+
 def test_box_clipped_to_image(tmp_path: Path) -> None:
     data = coco_dict()
     data["annotations"][1]["bbox"] = [12, 10, 30, 30]
@@ -233,7 +248,6 @@ def _set(value: Any, *path: Any) -> Callable[[dict], None]:
 
 MALFORMED = {
     "no_images": (_delete("images"), "key(s) ['images']"),
-    "no_annotations": (_delete("annotations"), "key(s) ['annotations']"),
     "no_categories": (_delete("categories"), "key(s) ['categories']"),
     "ann_without_bbox": (_delete("annotations", 0, "bbox"), "bbox"),
     "ann_without_category_id": (_delete("annotations", 0, "category_id"), "category_id"),
@@ -260,6 +274,24 @@ def test_malformed_file_raises_naming_file_and_field(tmp_path: Path, case: str) 
     with pytest.raises(DatasetError) as err:
         dataset(tmp_path, data)
     assert "ann.json" in str(err.value) and field in str(err.value)
+
+
+def test_image_info_file_is_predicted_and_cannot_train(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file without "annotations" (COCO's image_info_test-dev2017.json) lists images to
+    predict: validation reads all of them without targets; training stops, naming it."""
+    info = {k: v for k, v in coco_dict().items() if k != "annotations"}
+    write_dataset(tmp_path, info)
+    with caplog.at_level(logging.INFO, logger="datamodules.coco"):
+        dm = datamodule(tmp_path)
+        dm.setup("validate")
+    assert "no 'annotations'" in caplog.text and "5 images are predicted" in caplog.text
+    assert sorted(dm.val_dataset[i][2]["image_id"] for i in range(5)) == [1, 2, 3, 4, 5]
+    assert all(len(dm.val_dataset[i][1]["labels"]) == 0 for i in range(5))
+    assert dm.class_names == ["dog", "cat", "bird"]
+    with pytest.raises(DatasetError, match=r"ann\.json: no training images: 5 listed"):
+        datamodule(tmp_path).setup("fit")
 
 
 def test_invalid_json_raises(tmp_path: Path) -> None:

@@ -173,6 +173,10 @@ def _pycocotools_ap(coco: COCO, dets: list[dict], iou_type: str, image_ids: list
     return {name: float(coco_eval.stats[i] * 100) for i, name in enumerate(AP_NAMES)}
 
 
+def dets_of(out: Path, iou_type: str) -> list[dict]:
+    return json.loads((out / f"{iou_type}.json").read_text())
+
+
 def _evaluate(ann_file: Path, out: Path, predictions: dict[int, dict[str, Tensor]], **kw):
     evaluator = CocoEvaluator(ann_file, LABEL_TO_CAT, out, **kw)
     evaluator.update(list(predictions), list(predictions.values()))
@@ -280,6 +284,37 @@ def test_subset_of_images_scores_only_those(ann_file: Path, coco: COCO, tmp_path
     assert ref["APm"] == ref["APl"] == -100
     ref.update(APm=float("nan"), APl=float("nan"))
     np.testing.assert_equal({n: metrics[f"segm/{n}"] for n in AP_NAMES}, ref)  # NaN == NaN
+
+
+def test_image_info_file_writes_results_for_the_server_and_scores_nothing(
+    coco: COCO, tmp_path: Path, caplog
+):
+    """A file without "annotations" (COCO's image_info_test-dev2017.json): the result files
+    hold every detection under its image and category ids, and no AP is reported."""
+    info = tmp_path / "image_info_test.json"
+    info.write_text(json.dumps({k: v for k, v in ANNOTATIONS.items() if k != "annotations"}))
+    preds = {i: _gt_predictions(coco, i) for i in IMAGE_IDS}
+    evaluator = CocoEvaluator(info, LABEL_TO_CAT, tmp_path / "out")
+    evaluator.update(list(preds), list(preds.values()))
+    with caplog.at_level(logging.INFO, logger="pointins.evaluation"):
+        metrics = evaluator.compute(extra={"speed/images_per_second": 2.5})
+    assert metrics == {"speed/images_per_second": 2.5}
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+    assert "no 'annotations'" in caplog.text and "nothing scored" in caplog.text
+    for iou_type in ("bbox", "segm"):
+        dets = json.loads((tmp_path / "out" / f"{iou_type}.json").read_text())
+        ref = _reference_results(preds, iou_type)
+        key = ("image_id", "category_id", "score")
+        assert [tuple(d[k] for k in key) for d in dets] == [tuple(r[k] for k in key) for r in ref]
+        assert {d["category_id"] for d in dets} == {3, 7, 12}
+    np.testing.assert_allclose(
+        [d["bbox"] for d in dets_of(tmp_path / "out", "bbox")],
+        [r["bbox"] for r in _reference_results(preds, "bbox")],
+    )
+    segm = dets_of(tmp_path / "out", "segm")
+    for det, ref in zip(segm, _reference_results(preds, "segm"), strict=True):
+        decoded = mask_util.decode(det["segmentation"])
+        assert np.array_equal(decoded, mask_util.decode(ref["segmentation"]))
 
 
 def test_invalid_inputs_raise(ann_file: Path, coco: COCO, tmp_path: Path):

@@ -44,6 +44,7 @@ def test_run_directory_has_metrics_and_checkpoints(run):
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("bbox/AP", "bbox/AP50", "segm/AP", "segm/APl"):
         assert key in saved and key in metrics
+    assert metrics["data/instances_dropped"] >= 0  # what the augmentation removed, per epoch
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "bbox.json").is_file() and (out / "segm.json").is_file()
 

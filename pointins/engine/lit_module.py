@@ -84,6 +84,17 @@ class DetectionModule(pl.LightningModule):
         bs = len(batch.image_ids)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=bs)
+        # instances the augmentation removed (boxes under 1 px after crop and resize),
+        # summed over the epoch's steps and the ranks
+        self.log(
+            "data/instances_dropped",
+            float(batch.instances_dropped),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=bs,
+        )
         return loss
 
     # --------------------------------------------------------------- evaluation

@@ -90,6 +90,10 @@ class CocoEvaluator:
     Call :meth:`reset` before each evaluation epoch, :meth:`update` per batch and
     :meth:`compute` once at the end, on every rank; ``compute`` consumes the streamed
     predictions (their hidden ``.predictions-*.jsonl`` file is removed).
+
+    An ``ann_file`` without ``"annotations"`` (an image-info file, such as COCO's
+    ``image_info_test-dev2017.json``) has no ground truth: ``compute`` writes the result
+    files, for the evaluation server, and scores nothing.
     """
 
     def __init__(
@@ -278,17 +282,30 @@ class CocoEvaluator:
         )
         # with nothing updated it is unknown whether masks would come: report segm as 0 too
         has_masks = any("segm" in r for r in results.values()) or not results
+        scored = "annotations" in self.coco.dataset
         self.output_dir.mkdir(parents=True, exist_ok=True)
         metrics: dict[str, float] = {}
         for iou_type in self.iou_types:
             if iou_type == "segm" and not has_masks:
                 continue
             dets = [d for i in image_ids for d in results[i].get(iou_type, [])]
-            (self.output_dir / f"{iou_type}.json").write_text(json.dumps(dets))
+            path = self.output_dir / f"{iou_type}.json"
+            path.write_text(json.dumps(dets))
+            if not scored:
+                logger.info(
+                    "%s has no 'annotations' (an image-info file): wrote %d %s results of %d "
+                    "images to %s for the evaluation server; nothing scored",
+                    self.ann_file,
+                    len(dets),
+                    iou_type,
+                    len(image_ids),
+                    path,
+                )
+                continue
             metrics.update(
                 {f"{iou_type}/{k}": v for k, v in self._score(iou_type, dets, image_ids).items()}
             )
-        self.per_class = self._per_class_rows(metrics, image_ids)
+        self.per_class = self._per_class_rows(metrics, image_ids) if scored else []
         metrics.update({k: float(v) for k, v in extra.items()})
         save_metrics(metrics, self.output_dir / "metrics.json")
         return metrics
